@@ -1,0 +1,82 @@
+//! `icpo`: the command-line entry point of icpo-rs.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use icpo_policy::{CausalLm, DType, DeviceOpt, LoadOptions};
+use tch::{Kind, Tensor};
+
+#[derive(Parser)]
+#[command(name = "icpo", version, about = "ICPO / GRPO for language models, on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes the logits of one token sequence as f32 tensor `logits` [T, V] in a safetensors file.
+    Logits {
+        /// Checkpoint directory (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated token ids, e.g. 3,17,5.
+        #[arg(long)]
+        ids: String,
+        /// Output .safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Device: cpu or cuda[:N].
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Weight dtype: float32, bfloat16 or float16.
+        #[arg(long, default_value = "float32")]
+        dtype: String,
+    },
+}
+
+fn parse_device(s: &str) -> Result<DeviceOpt> {
+    match s {
+        "cpu" => Ok(DeviceOpt::Cpu),
+        "cuda" => Ok(DeviceOpt::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse) {
+            Some(Ok(n)) => Ok(DeviceOpt::Cuda(n)),
+            _ => bail!("--device: unknown device `{s}` (valid: cpu, cuda, cuda:N)"),
+        },
+    }
+}
+
+fn parse_ids(s: &str) -> Result<Vec<i64>> {
+    let ids = s
+        .split(',')
+        .enumerate()
+        .map(|(i, t)| t.trim().parse::<i64>().with_context(|| format!("--ids: item {} `{t}` is not an integer", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        bail!("--ids: no ids given");
+    }
+    Ok(ids)
+}
+
+fn logits(model: PathBuf, ids: &str, out: PathBuf, device: &str, dtype: &str) -> Result<()> {
+    let ids = parse_ids(ids)?;
+    let options = LoadOptions {
+        device: parse_device(device)?,
+        dtype: DType::from_hf_name(dtype).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+    };
+    let lm = CausalLm::load(&model, options)?;
+    let input = Tensor::from_slice(&ids).unsqueeze(0);
+    let logits = tch::no_grad(|| lm.forward(&input, None))?;
+    let logits = logits.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
+    let tmp = out.with_extension("safetensors.tmp");
+    Tensor::write_safetensors(&[("logits", &logits)], &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Logits { model, ids, out, device, dtype } => logits(model, &ids, out, &device, &dtype),
+    }
+}

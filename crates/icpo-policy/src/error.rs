@@ -1,0 +1,85 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading, running or saving a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON file could not be parsed.
+    #[error("{path}: malformed JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error (it carries line and column).
+        source: serde_json::Error,
+    },
+    /// A configuration value is missing, out of range or unsupported.
+    #[error("{path}: field `{field}`: {message}")]
+    Config {
+        /// The file the value came from.
+        path: PathBuf,
+        /// The offending field, with Hugging Face's name.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A weight tensor is missing, mis-shaped or of an unsupported dtype.
+    #[error("{file}: tensor `{name}`: {message}")]
+    Tensor {
+        /// The safetensors file (or index) where it was looked for.
+        file: PathBuf,
+        /// The tensor's name in the checkpoint.
+        name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Inputs of the wrong shape or kind were passed to the model.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// A tokenizer file could not be loaded or used.
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer {
+        /// tokenizer.json or tokenizer_config.json.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A chat template failed to compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// An error raised by libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, PolicyError>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PolicyError {
+    let path = path.into();
+    move |source| PolicyError::Io { path, source }
+}
+
+/// Reads and parses a JSON file, naming the file in every error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|source| PolicyError::Json { path: path.into(), source })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
+/// never leaves a half-written file under the final name.
+pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}

@@ -1,0 +1,102 @@
+//! Per-token log-probabilities of responses after prompts: the op the trainer differentiates.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{PolicyError, Result};
+use crate::model::CausalLm;
+
+/// Output of [`CausalLm::response_logprobs`].
+///
+/// # Shapes
+/// - `logprobs`: `(batch, response_len)` f32, 0 where `response_mask` is 0
+/// - `entropy`: `(batch, response_len)` f32 when requested, 0 where `response_mask` is 0
+#[derive(Debug)]
+pub struct TokenLogprobs {
+    /// `log π(o_t | prompt, o_<t)` of each response token; differentiable when grad is enabled.
+    pub logprobs: Tensor,
+    /// Entropy of the next-token distribution at each response position (no gradient).
+    pub entropy: Option<Tensor>,
+}
+
+/// Elements of a `(chunk, vocab)` block of logits materialised at once (64 Mi f32 = 256 MiB).
+const CHUNK_ELEMENTS: i64 = 1 << 26;
+
+impl CausalLm {
+    /// Log-probabilities of `response_ids` after `prompt_ids`, for a padded batch.
+    ///
+    /// Only the positions that predict response tokens go through the output projection, in
+    /// chunks of positions, so no more than one `(batch, response_len, vocab)` float tensor is
+    /// alive (and none at all without autograd). Entropy is a metric: it is computed without
+    /// gradient.
+    ///
+    /// # Shapes
+    /// - `prompt_ids`, `prompt_mask`: `(batch, prompt_len)`, left padded; every row needs at
+    ///   least one prompt token
+    /// - `response_ids`, `response_mask`: `(batch, response_len)`, right padded (an all-zero row
+    ///   is an empty response)
+    pub fn response_logprobs(
+        &self,
+        prompt_ids: &Tensor,
+        prompt_mask: &Tensor,
+        response_ids: &Tensor,
+        response_mask: &Tensor,
+        with_entropy: bool,
+    ) -> Result<TokenLogprobs> {
+        let (ps, rs) = (prompt_ids.size(), response_ids.size());
+        if ps.len() != 2 || rs.len() != 2 || ps[0] != rs[0] || prompt_mask.size() != ps || response_mask.size() != rs {
+            return Err(PolicyError::Shape(format!(
+                "response_logprobs: prompt ids {ps:?} / mask {:?} and response ids {rs:?} / mask {:?} must be (batch, prompt_len) and (batch, response_len) with one batch",
+                prompt_mask.size(),
+                response_mask.size()
+            )));
+        }
+        let (batch, plen, rlen) = (ps[0], ps[1], rs[1]);
+        let device = self.device();
+        let rmask = response_mask.f_to_device(device)?.f_to_kind(Kind::Float)?;
+        if rlen == 0 || batch == 0 {
+            let zeros = Tensor::f_zeros([batch, rlen], (Kind::Float, device))?;
+            return Ok(TokenLogprobs { logprobs: zeros.shallow_clone(), entropy: with_entropy.then_some(zeros) });
+        }
+        if plen == 0 {
+            return Err(PolicyError::Shape("response_logprobs: prompt_len is 0; every row needs a prompt token".into()));
+        }
+        let pmask = prompt_mask.f_to_device(device)?;
+        let last_prompt = pmask.f_select(1, plen - 1)?.f_ne(0)?.f_all()?.int64_value(&[]);
+        if last_prompt == 0 {
+            return Err(PolicyError::Shape(
+                "response_logprobs: prompts must be left padded (the last prompt column must be a real token in every row)".into(),
+            ));
+        }
+        let ids = Tensor::f_cat(&[prompt_ids.f_to_device(device)?, response_ids.f_to_device(device)?], 1)?;
+        let mask = Tensor::f_cat(&[pmask.f_to_kind(Kind::Int64)?, response_mask.f_to_device(device)?.f_to_kind(Kind::Int64)?], 1)?;
+        let hidden = self.hidden_states(&ids, Some(&mask))?;
+        // Position p predicts token p + 1: the response is predicted from plen-1 .. plen+rlen-2.
+        let hidden = hidden.f_narrow(1, plen - 1, rlen)?;
+        let targets = response_ids.f_to_device(device)?;
+        let vocab = self.config().vocab_size;
+        let step = (CHUNK_ELEMENTS / (batch * vocab)).max(1);
+        let mut lps = Vec::new();
+        let mut ents = Vec::new();
+        let mut start = 0;
+        while start < rlen {
+            let n = step.min(rlen - start);
+            let h = hidden.f_narrow(1, start, n)?;
+            let logits = h.f_linear::<Tensor>(self.lm_head(), None)?.f_to_kind(Kind::Float)?;
+            let lse = logits.f_logsumexp(&[-1i64][..], false)?;
+            let tgt = targets.f_narrow(1, start, n)?.f_unsqueeze(-1)?;
+            let picked = logits.f_gather(-1, &tgt, false)?.f_squeeze_dim(-1)?;
+            lps.push(picked.f_sub(&lse)?);
+            if with_entropy {
+                let ent = tch::no_grad(|| -> Result<Tensor> {
+                    let p = logits.f_sub(&lse.f_unsqueeze(-1)?)?.f_exp()?;
+                    Ok(lse.f_sub(&p.f_mul(&logits)?.f_sum_dim_intlist(-1, false, Kind::Float)?)?)
+                })?;
+                ents.push(ent);
+            }
+            start += n;
+        }
+        let logprobs = Tensor::f_cat(&lps, 1)?.f_mul(&rmask)?;
+        let entropy = if with_entropy { Some(Tensor::f_cat(&ents, 1)?.f_mul(&rmask)?) } else { None };
+        Ok(TokenLogprobs { logprobs, entropy })
+    }
+}
