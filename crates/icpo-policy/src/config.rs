@@ -196,7 +196,7 @@ impl ModelConfig {
     /// Reads `config.json` from a checkpoint directory (or the file itself).
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self> {
         let mut path: PathBuf = path.as_ref().into();
-        if path.is_dir() {
+        if path.is_dir() || path.extension().is_none_or(|e| e != "json") {
             path = path.join("config.json");
         }
         let raw: serde_json::Value = read_json(&path)?;

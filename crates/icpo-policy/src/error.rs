@@ -6,20 +6,20 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (shown in the message, so not a `source()`).
+        error: std::io::Error,
     },
     /// A JSON file could not be parsed.
-    #[error("{path}: malformed JSON: {source}")]
+    #[error("{path}: malformed JSON: {error}")]
     Json {
         /// The file.
         path: PathBuf,
         /// The parser's error (it carries line and column).
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A configuration value is missing, out of range or unsupported.
     #[error("{path}: field `{field}`: {message}")]
@@ -65,13 +65,13 @@ pub type Result<T> = std::result::Result<T, PolicyError>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PolicyError {
     let path = path.into();
-    move |source| PolicyError::Io { path, source }
+    move |error| PolicyError::Io { path, error }
 }
 
 /// Reads and parses a JSON file, naming the file in every error.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&text).map_err(|source| PolicyError::Json { path: path.into(), source })
+    serde_json::from_str(&text).map_err(|error| PolicyError::Json { path: path.into(), error })
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash

@@ -242,7 +242,7 @@ impl CausalLm {
         weights::save_safetensors(dir, &tensors, weights::DEFAULT_MAX_SHARD_BYTES)?;
         let path = dir.join("config.json");
         let text = serde_json::to_string_pretty(&self.config.to_json(self.dtype))
-            .map_err(|source| PolicyError::Json { path: path.clone(), source })?;
+            .map_err(|error| PolicyError::Json { path: path.clone(), error })?;
         write_atomic(&path, text.as_bytes())
     }
 

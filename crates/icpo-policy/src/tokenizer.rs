@@ -76,7 +76,7 @@ impl Tokenizer {
         if !path.exists() {
             return Err(PolicyError::Io {
                 path,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
             });
         }
         let inner = tokenizers::Tokenizer::from_file(&path)

@@ -21,7 +21,7 @@ fn tensor_files(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<String>>> {
     if !index.exists() {
         return Err(PolicyError::Io {
             path: single,
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "no model.safetensors nor model.safetensors.index.json in the checkpoint",
             ),
@@ -188,7 +188,7 @@ pub fn save_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_byte
     if n > 1 {
         let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         let path = dir.join("model.safetensors.index.json");
-        let text = serde_json::to_string_pretty(&index).map_err(|source| PolicyError::Json { path: path.clone(), source })?;
+        let text = serde_json::to_string_pretty(&index).map_err(|error| PolicyError::Json { path: path.clone(), error })?;
         write_atomic(&path, text.as_bytes())?;
     }
     Ok(())

@@ -1,0 +1,77 @@
+//! The `icpo` binary end to end: `icpo logits` against transformers' logits, its errors, and
+//! its link to libtorch_cuda.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+}
+
+fn icpo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_icpo"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("icpo-cli-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn logits_match_transformers() {
+    for model in ["tiny-qwen2", "tiny-qwen3", "tiny-llama"] {
+        let golden = tch::Tensor::read_safetensors(testdata(model).join("golden.safetensors")).unwrap();
+        let get = |k: &str| golden.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+        let ids: Vec<i64> = Vec::try_from(&get("single_ids")).unwrap();
+        let ids = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let out = tmp(&format!("{model}.safetensors"));
+        let status = icpo()
+            .args(["logits", "--model"])
+            .arg(testdata(model))
+            .args(["--ids", &ids, "--out"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{model}");
+        let written = tch::Tensor::read_safetensors(&out).unwrap();
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].0, "logits");
+        let logits = &written[0].1;
+        let want = get("single_logits");
+        assert_eq!(logits.size(), want.size(), "{model}: [T, V]");
+        assert_eq!(logits.kind(), tch::Kind::Float);
+        let d = (logits - &want).abs().max().double_value(&[]);
+        assert!(d <= 1e-4, "{model}: max |Δlogit| = {d:e}");
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let out = tmp("never.safetensors");
+    let run = |args: &[&str]| {
+        let o = icpo().args(args).output().unwrap();
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let model = testdata("tiny-qwen3");
+    let model = model.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let e = run(&["logits", "--model", model, "--ids", "3,x,5", "--out", o]);
+    assert!(e.contains("item 2") && e.contains("`x`"), "{e}");
+    let e = run(&["logits", "--model", model, "--ids", "3,99999", "--out", o]);
+    assert!(e.contains("vocab_size = 384"), "{e}");
+    let e = run(&["logits", "--model", "/nonexistent/model", "--ids", "3", "--out", o]);
+    assert!(e.contains("/nonexistent/model/config.json"), "{e}");
+    let e = run(&["logits", "--model", model, "--ids", "3", "--out", o, "--device", "tpu"]);
+    assert!(e.contains("unknown device `tpu`"), "{e}");
+    assert!(!out.exists(), "nothing written on error");
+}
+
+/// torch_cuda must be a real dynamic dependency, or CUDA is invisible on a GPU machine.
+#[test]
+fn binary_links_libtorch_cuda() {
+    let out = Command::new("ldd").arg(env!("CARGO_BIN_EXE_icpo")).output().expect("ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("libtorch_cuda.so"), "ldd icpo:\n{text}");
+    assert!(!text.contains("libtorch_cpu.so => not found"), "libtorch resolved through the rpath:\n{text}");
+}
