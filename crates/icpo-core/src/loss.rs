@@ -291,7 +291,8 @@ pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput
                 let (l, d, c) = ppo_token(input.logp[i][t], input.old_logp[i][t], input.advantages[i], cfg);
                 clipped += f64::from(u8::from(c));
                 on_tokens += 1.0;
-                ppo_kl += input.old_logp[i][t] - input.logp[i][t];
+                // As verl: from the clamped log-ratio.
+                ppo_kl -= (input.logp[i][t] - input.old_logp[i][t]).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
                 (l, d)
             };
             pg_loss += w * l;
