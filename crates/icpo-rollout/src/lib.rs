@@ -1,6 +1,20 @@
 //! Rollout sampling for RL on language models.
 //!
-//! This crate will hold the batched generation engine on `icpo-policy` (KV cache shared across a
-//! prompt's group, stop handling, greedy / temperature / top-k / top-p / min-p sampling, per-token
-//! log-probs under the sampling and the unmodified policy) and prompt building, plain and
-//! in-context (Implicit Expert Forcing). Nothing is implemented yet (issue: "Rollout sampling").
+//! [`generate`] runs a batch of prompts through a policy with a KV cache: one prefill per prompt
+//! shared by its group of `n` samples, per-sequence stopping (EOS ids, stop ids, stop strings,
+//! `max_new_tokens`), finished sequences dropped from the batch, a bound on tokens in flight.
+//! Sampling ([`SamplingParams`]: greedy, temperature, top-k, top-p, min-p) draws each sequence's
+//! random numbers from its own seeded stream, and every token carries two log-probs: under the
+//! sampling distribution and under the unmodified policy (what importance ratios need).
+//! [`PromptBuilder`] makes plain prompts and the in-context prompts of Implicit Expert Forcing
+//! from a [`DemoPool`].
+
+mod engine;
+mod error;
+mod prompts;
+mod sampling;
+
+pub use engine::{generate, DecodeModel, EngineConfig, FinishReason, Request, Rollout};
+pub use error::{Result, RolloutError};
+pub use prompts::{Demo, DemoPool, PromptBuilder, PromptTemplate, DEFAULT_INSTRUCTION};
+pub use sampling::{sample, sampling_logprobs, Draw, SamplingParams};

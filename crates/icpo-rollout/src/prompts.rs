@@ -1,0 +1,190 @@
+//! Prompts: plain (chat template + problem + instruction) and in-context for Implicit Expert
+//! Forcing (ICPO.md §1: `k` demonstrations before the problem).
+
+use std::path::{Path, PathBuf};
+
+use icpo_policy::{ChatMessage, Tokenizer};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RolloutError};
+
+/// The spec's instruction appended to every problem.
+pub const DEFAULT_INSTRUCTION: &str = "Let's think step by step and output the final answer within \\boxed{}.";
+
+/// How a problem becomes prompt text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptTemplate {
+    /// The checkpoint's chat template, one user message, generation prompt added (default).
+    #[default]
+    Chat,
+    /// `Question:\n{content}\n\nAnswer:\n`, for base models without a chat template.
+    Raw,
+}
+
+/// A worked example for in-context prompts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Demo {
+    /// Identifier (the JSONL `id`, else `line N`).
+    pub id: String,
+    /// The problem.
+    pub problem: String,
+    /// Its worked solution.
+    pub solution: String,
+}
+
+/// The demonstration pool IEF draws from (default: MATH train).
+#[derive(Debug, Clone, Default)]
+pub struct DemoPool {
+    demos: Vec<Demo>,
+}
+
+impl DemoPool {
+    /// A pool from demos in memory.
+    pub fn new(demos: Vec<Demo>) -> Self {
+        DemoPool { demos }
+    }
+
+    /// Reads JSONL lines with string fields `problem` and `solution` (`id` optional); a line
+    /// without them, or not JSON, is an error naming the file and line. Blank lines are skipped.
+    pub fn from_jsonl(path: impl AsRef<Path>) -> Result<Self> {
+        let path: PathBuf = path.as_ref().into();
+        let text = std::fs::read_to_string(&path).map_err(|error| RolloutError::Io { path: path.clone(), error })?;
+        let mut demos = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let err = |message: String| RolloutError::Data { path: path.clone(), line: i + 1, message };
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
+            let field = |name: &str| -> Result<String> {
+                v.get(name).and_then(|x| x.as_str()).map(str::to_owned).ok_or_else(|| err(format!("missing string field `{name}`")))
+            };
+            let id = v.get("id").and_then(|x| x.as_str()).map_or_else(|| format!("line {}", i + 1), str::to_owned);
+            demos.push(Demo { id, problem: field("problem")?, solution: field("solution")? });
+        }
+        if demos.is_empty() {
+            return Err(RolloutError::Data { path, line: 0, message: "no demonstrations".into() });
+        }
+        Ok(DemoPool { demos })
+    }
+
+    /// Number of demonstrations.
+    pub fn len(&self) -> usize {
+        self.demos.len()
+    }
+
+    /// True when the pool is empty.
+    pub fn is_empty(&self) -> bool {
+        self.demos.is_empty()
+    }
+
+    /// Draws `k` distinct demonstrations uniformly, never one whose problem is `query` itself.
+    pub fn draw<R: Rng + ?Sized>(&self, k: usize, query: &str, rng: &mut R) -> Result<Vec<&Demo>> {
+        let eligible: Vec<&Demo> = self.demos.iter().filter(|d| d.problem.trim() != query.trim()).collect();
+        if eligible.len() < k {
+            return Err(RolloutError::Input(format!(
+                "demo pool has {} eligible demonstrations, {k} requested",
+                eligible.len()
+            )));
+        }
+        Ok(eligible.choose_multiple(rng, k).copied().collect())
+    }
+}
+
+/// Builds prompt token ids for a tokenizer.
+#[derive(Debug)]
+pub struct PromptBuilder<'a> {
+    tokenizer: &'a Tokenizer,
+    /// Template kind.
+    pub template: PromptTemplate,
+    /// Instruction appended to the problem.
+    pub instruction: String,
+    /// Longest prompt in tokens; in-context prompts beyond it are cut in the middle of the
+    /// demonstrations, plain prompts beyond it are an error.
+    pub max_prompt_tokens: usize,
+}
+
+const CUT_MARKER: &str = "\n...\n";
+
+impl<'a> PromptBuilder<'a> {
+    /// A builder with the default instruction, the chat template and a 4,096-token budget.
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        PromptBuilder { tokenizer, template: PromptTemplate::Chat, instruction: DEFAULT_INSTRUCTION.into(), max_prompt_tokens: 4096 }
+    }
+
+    fn render(&self, content: &str) -> Result<String> {
+        match self.template {
+            PromptTemplate::Chat => Ok(self.tokenizer.apply_chat_template(&[ChatMessage::new("user", content)], true)?),
+            PromptTemplate::Raw => Ok(format!("Question:\n{content}\n\nAnswer:\n")),
+        }
+    }
+
+    /// The plain prompt's text: `x(q)`.
+    pub fn plain_text(&self, problem: &str) -> Result<String> {
+        self.render(&format!("{problem} {}", self.instruction))
+    }
+
+    /// The plain prompt's token ids.
+    pub fn plain(&self, problem: &str) -> Result<Vec<i64>> {
+        let ids = self.tokenizer.encode(&self.plain_text(problem)?, false)?;
+        if ids.len() > self.max_prompt_tokens {
+            return Err(RolloutError::Input(format!(
+                "prompt of {} tokens exceeds max_prompt_tokens = {}",
+                ids.len(),
+                self.max_prompt_tokens
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// The demonstrations as text, as they appear in the prompt.
+    pub fn demo_block(demos: &[&Demo]) -> String {
+        let mut s = String::from("Here are examples of problems with worked solutions:\n\n");
+        for d in demos {
+            s.push_str(&format!("Problem:\n{}\n\nSolution:\n{}\n\n", d.problem, d.solution));
+        }
+        s.push_str("Now solve the following problem.\n\n");
+        s
+    }
+
+    /// The in-context prompt's token ids: `x([D; q])`, demonstrations before the problem in the
+    /// same user message. When longer than `max_prompt_tokens`, tokens are removed from the
+    /// middle of the demonstrations (a `...` line marks the cut), keeping their start and end.
+    pub fn in_context(&self, problem: &str, demos: &[&Demo]) -> Result<Vec<i64>> {
+        const SENTINEL: &str = "\u{1}ICPO_DEMOS\u{1}";
+        let query = format!("{problem} {}", self.instruction);
+        let full = self.render(&format!("{}{query}", Self::demo_block(demos)))?;
+        let ids = self.tokenizer.encode(&full, false)?;
+        if ids.len() <= self.max_prompt_tokens {
+            return Ok(ids);
+        }
+        // Tokenize around the demonstrations and cut inside them.
+        let shell = self.render(&format!("{SENTINEL}{query}"))?;
+        let (before, after) = shell
+            .split_once(SENTINEL)
+            .ok_or_else(|| RolloutError::Input("the chat template dropped the message content".into()))?;
+        let before = self.tokenizer.encode(before, false)?;
+        let after = self.tokenizer.encode(after, false)?;
+        let demo = self.tokenizer.encode(&Self::demo_block(demos), false)?;
+        let marker = self.tokenizer.encode(CUT_MARKER, false)?;
+        let fixed = before.len() + after.len() + marker.len();
+        if fixed + 2 > self.max_prompt_tokens {
+            return Err(RolloutError::Input(format!(
+                "max_prompt_tokens = {} leaves no room for demonstrations (the prompt without them takes {fixed})",
+                self.max_prompt_tokens
+            )));
+        }
+        let keep = self.max_prompt_tokens - fixed;
+        let head = keep.div_ceil(2);
+        let tail = keep - head;
+        let mut out = before;
+        out.extend_from_slice(&demo[..head]);
+        out.extend_from_slice(&marker);
+        out.extend_from_slice(&demo[demo.len() - tail..]);
+        out.extend_from_slice(&after);
+        Ok(out)
+    }
+}

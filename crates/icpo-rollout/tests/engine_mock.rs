@@ -1,0 +1,195 @@
+//! The engine with a mock policy whose logits are fixed by the last token (greedy always picks
+//! `last + 1`): stopping, lengths, batching, seeds, and what reaches the model for IEF prompts.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+
+use icpo_policy::Tokenizer;
+use icpo_rollout::{
+    generate, DecodeModel, Demo, DemoPool, EngineConfig, FinishReason, PromptBuilder, Request, Result, SamplingParams,
+};
+use rand::SeedableRng;
+use tch::{Device, Kind, Tensor};
+
+const VOCAB: i64 = 384;
+
+#[derive(Default)]
+struct Mock {
+    prefills: RefCell<Vec<Vec<i64>>>,
+    steps: RefCell<usize>,
+}
+
+/// Peaked at `last + 1`, with some mass everywhere so sampling varies.
+fn logits_after(last: &[i64]) -> Tensor {
+    let rows: Vec<Tensor> = last
+        .iter()
+        .map(|&t| {
+            let l = Tensor::zeros([VOCAB], (Kind::Float, Device::Cpu));
+            let _ = l.get((t + 1) % VOCAB).fill_(3.0);
+            l
+        })
+        .collect();
+    Tensor::stack(&rows, 0)
+}
+
+impl DecodeModel for Mock {
+    type Cache = Vec<i64>;
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn prefill(&self, ids: &Tensor, mask: &Tensor, _capacity: i64) -> Result<(Tensor, Vec<i64>)> {
+        let ids: Vec<Vec<i64>> = Vec::try_from(ids).unwrap();
+        let mask: Vec<Vec<i64>> = Vec::try_from(mask).unwrap();
+        for (r, m) in ids.iter().zip(&mask) {
+            self.prefills.borrow_mut().push(r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect());
+        }
+        let last: Vec<i64> = ids.iter().map(|r| *r.last().unwrap()).collect();
+        Ok((logits_after(&last), last))
+    }
+    fn step(&self, tokens: &Tensor, cache: &mut Vec<i64>) -> Result<Tensor> {
+        *self.steps.borrow_mut() += 1;
+        let t: Vec<i64> = Vec::try_from(&tokens.squeeze_dim(1)).unwrap();
+        assert_eq!(t.len(), cache.len(), "batch compacted in step with the cache");
+        *cache = t;
+        Ok(logits_after(cache))
+    }
+    fn repeat_rows(&self, cache: &mut Vec<i64>, n: i64) -> Result<()> {
+        *cache = cache.iter().flat_map(|&t| std::iter::repeat_n(t, n as usize)).collect();
+        Ok(())
+    }
+    fn select_rows(&self, cache: &mut Vec<i64>, index: &Tensor) -> Result<()> {
+        let idx: Vec<i64> = Vec::try_from(index).unwrap();
+        *cache = idx.iter().map(|&i| cache[i as usize]).collect();
+        Ok(())
+    }
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3")).unwrap()
+}
+
+fn run(prompts: &[Vec<i64>], n: usize, params: &SamplingParams, eos: &[i64], seed: u64, cfg: &EngineConfig) -> Vec<icpo_rollout::Rollout> {
+    generate(&Mock::default(), &Request { prompts, n, params, eos_token_ids: eos, seed }, None, cfg).unwrap()
+}
+
+#[test]
+fn greedy_is_deterministic_and_respects_max_tokens() {
+    let prompts = vec![vec![5, 6, 7], vec![100]];
+    let params = SamplingParams::greedy(4);
+    let out = run(&prompts, 2, &params, &[], 0, &EngineConfig::default());
+    assert_eq!(out.len(), 4);
+    for r in &out {
+        let start = prompts[r.prompt_index].last().unwrap() + 1;
+        assert_eq!(r.tokens, (start..start + 4).collect::<Vec<_>>());
+        assert_eq!(r.finish_reason, FinishReason::Length);
+    }
+    assert_eq!(out, run(&prompts, 2, &params, &[], 99, &EngineConfig::default()));
+}
+
+#[test]
+fn eos_and_stop_tokens_end_rows_independently() {
+    let prompts = vec![vec![5], vec![50]];
+    let params = SamplingParams { stop_token_ids: vec![53], ..SamplingParams::greedy(10) };
+    let out = run(&prompts, 1, &params, &[8], 0, &EngineConfig::default());
+    assert_eq!(out[0].tokens, vec![6, 7, 8]);
+    assert_eq!(out[0].finish_reason, FinishReason::Eos);
+    assert_eq!(out[1].tokens, vec![51, 52, 53]);
+    assert_eq!(out[1].finish_reason, FinishReason::StopToken);
+    // With stop_on_eos off only the length ends the first row.
+    let params = SamplingParams { stop_on_eos: false, ..SamplingParams::greedy(5) };
+    let out = run(&prompts[..1], 1, &params, &[8], 0, &EngineConfig::default());
+    assert_eq!(out[0].tokens.len(), 5);
+}
+
+#[test]
+fn finished_rows_stop_costing_steps() {
+    let mock = Mock::default();
+    let prompts = vec![vec![5], vec![50]];
+    let params = SamplingParams::greedy(10);
+    generate(&mock, &Request { prompts: &prompts, n: 1, params: &params, eos_token_ids: &[7], seed: 0 }, None, &EngineConfig::default()).unwrap();
+    // Row 0 stops after 2 tokens; row 1 runs 10: 9 decode steps in all, each asserting the
+    // cache and the batch agree in size.
+    assert_eq!(*mock.steps.borrow(), 9);
+}
+
+#[test]
+fn stop_strings_use_the_decoded_text() {
+    let tok = tokenizer();
+    // The mock produces first+1, first+2, ...: stop on the text of its 3rd and 4th tokens.
+    let first = tok.encode("abc", false).unwrap()[0];
+    let produced: Vec<i64> = (first + 1..first + 6).collect();
+    let text = tok.decode(&produced[2..4], false).unwrap();
+    let params = SamplingParams { stop_strings: vec![text], ..SamplingParams::greedy(20) };
+    let out = generate(&Mock::default(), &Request { prompts: &[vec![first]], n: 1, params: &params, eos_token_ids: &[], seed: 0 }, Some(&tok), &EngineConfig::default()).unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::StopString);
+    assert_eq!(out[0].tokens, produced[..4].to_vec());
+}
+
+#[test]
+fn seeds_reproduce_and_chunking_changes_nothing() {
+    let prompts: Vec<Vec<i64>> = (0..5).map(|i| vec![10 * i + 1, 10 * i + 2]).collect();
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 6, ..Default::default() };
+    let big = EngineConfig::default();
+    let tiny = EngineConfig { max_tokens_in_flight: 1 };
+    let a = run(&prompts, 3, &params, &[], 42, &big);
+    assert_eq!(a, run(&prompts, 3, &params, &[], 42, &big));
+    assert_eq!(a, run(&prompts, 3, &params, &[], 42, &tiny), "one prompt per chunk gives the same samples");
+    assert_ne!(a, run(&prompts, 3, &params, &[], 43, &big));
+    // The samples of a group differ (each has its own stream).
+    assert!(a.iter().filter(|r| r.prompt_index == 0).map(|r| r.tokens.clone()).collect::<std::collections::HashSet<_>>().len() > 1);
+}
+
+#[test]
+fn ief_prompt_tokens_reach_the_model() {
+    let tok = tokenizer();
+    let pool = DemoPool::new(vec![
+        Demo { id: "d0".into(), problem: "What is 7 times 6?".into(), solution: "7 times 6 is \\boxed{42}.".into() },
+        Demo { id: "q".into(), problem: "What is 3 + 4?".into(), solution: "7".into() },
+    ]);
+    let query = "What is 3 + 4?";
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let demos = pool.draw(1, query, &mut rng).unwrap();
+    assert_eq!(demos[0].id, "d0", "the query itself is never its own demonstration");
+    let builder = PromptBuilder::new(&tok);
+    let ief = builder.in_context(query, &demos).unwrap();
+    let plain = builder.plain(query).unwrap();
+    let mock = Mock::default();
+    let params = SamplingParams::greedy(2);
+    generate(&mock, &Request { prompts: &[plain.clone(), ief.clone()], n: 1, params: &params, eos_token_ids: &[], seed: 0 }, None, &EngineConfig::default()).unwrap();
+    let seen = mock.prefills.borrow();
+    assert_eq!(seen[0], plain);
+    assert_eq!(seen[1], ief, "the steered prompt, not the plain one, is what the sampler sees");
+    let text = tok.decode(&seen[1], false).unwrap();
+    assert!(text.contains("What is 7 times 6?") && text.contains("7 times 6 is \\boxed{42}."), "{text}");
+    assert!(text.find("7 times 6").unwrap() < text.find(query).unwrap(), "demonstration before the query");
+    let demo_ids = tok.encode("7 times 6 is \\boxed{42}.", false).unwrap();
+    assert!(seen[1].windows(demo_ids.len()).any(|w| w == demo_ids.as_slice()), "demonstration tokens present");
+}
+
+#[test]
+fn long_ief_prompts_are_cut_in_the_demonstrations() {
+    let tok = tokenizer();
+    let long = "step ".repeat(400);
+    let demo = Demo { id: "d".into(), problem: "Long problem start".into(), solution: format!("{long} so \\boxed{{1}} end") };
+    let mut builder = PromptBuilder::new(&tok);
+    builder.max_prompt_tokens = 260;
+    let ids = builder.in_context("What is 3 + 4?", &[&demo]).unwrap();
+    assert_eq!(ids.len(), 260);
+    let text = tok.decode(&ids, false).unwrap();
+    assert!(text.contains("\n...\n") && text.contains("Long problem start") && text.contains("end"), "{text}");
+    assert!(text.contains("What is 3 + 4?") && text.ends_with("<|im_start|>assistant\n"), "query and template intact: {text}");
+    builder.max_prompt_tokens = 10;
+    assert!(builder.in_context("What is 3 + 4?", &[&demo]).is_err());
+}
+
+#[test]
+fn demo_pool_reads_math_train_and_names_bad_lines() {
+    let pool = DemoPool::from_jsonl(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/train/math_train.jsonl")).unwrap();
+    assert_eq!(pool.len(), 7500);
+    let dir = std::env::temp_dir().join(format!("icpo-demos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"problem\": \"a\", \"solution\": \"b\"}\n\n{\"problem\": \"c\"}\n").unwrap();
+    let e = DemoPool::from_jsonl(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.jsonl:3") && e.contains("solution"), "{e}");
+}
