@@ -3,6 +3,7 @@
 
 Run with the project's virtual environment (scripts/setup-libtorch installs it):
     .venv/bin/python testdata/make_tiny_models.py
+    .venv/bin/python testdata/make_tiny_models.py --bench-model target/bench-qwen3   (benchmarks' model)
 Everything it writes lands beside it in testdata/ and is committed; rerunning it is deterministic.
 
 Per model directory (tiny-qwen2, tiny-qwen3, tiny-llama):
@@ -168,7 +169,23 @@ def tokenizer_golden():
         json.dump(out, f, indent=None, ensure_ascii=False)
 
 
+def make_bench_model(out_dir):
+    """The random Qwen3 policy of the benchmarks (vocab 512, hidden 256, 4 layers, 4 heads / 2 KV
+    heads, head_dim 64): not committed, written where asked."""
+    cfg = Qwen3Config(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True,
+                      rope_theta=1000000.0, max_position_embeddings=4096, eos_token_id=1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    GenerationConfig(eos_token_id=1, pad_token_id=0).save_pretrained(out_dir)
+
+
 def main():
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--bench-model":
+        make_bench_model(sys.argv[2])
+        return
     vocab = 384  # 381 BPE tokens + 3 specials
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, rms_norm_eps=1e-6, max_position_embeddings=256)

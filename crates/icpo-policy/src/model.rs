@@ -133,6 +133,11 @@ fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
 /// RMSNorm as transformers computes it: in f32, cast back, then scaled by the weight.
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let kind = x.kind();
+    if kind == Kind::Float {
+        // Same maths in one fused op.
+        let dim = *x.size().last().unwrap_or(&1);
+        return Ok(x.f_rms_norm(&[dim][..], Some(weight), eps)?);
+    }
     let xf = x.f_to_kind(Kind::Float)?;
     let var = xf.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
     let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
@@ -395,13 +400,8 @@ impl CausalLm {
                 }
                 None => (k, v),
             };
-            let (k, v) = if nh != nkv {
-                let rep = nh / nkv;
-                (k.f_repeat_interleave_self_int(rep, 1, None)?, v.f_repeat_interleave_self_int(rep, 1, None)?)
-            } else {
-                (k, v)
-            };
-            let attn = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false)?;
+            // Grouped-query attention without materialising repeated keys and values.
+            let attn = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, nh != nkv)?;
             let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
             x = x.f_add(&linear(&attn, &layer.o, &layer.o_bias)?)?;
             // MLP block.
