@@ -31,9 +31,15 @@ fn main() -> Result<()> {
     drop(cpu);
     for dtype in [DType::F32, DType::BF16] {
         let gpu = CausalLm::load(&model_dir, LoadOptions { device: DeviceOpt::Cuda(0), dtype })?;
-        let logits = tch::no_grad(|| gpu.forward(&ids, None))?.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+        let logits = tch::no_grad(|| gpu.forward(&ids, None))?
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu);
         let diff = (&logits - &reference).abs();
-        let agree = logits.argmax(-1, false).eq_tensor(&reference.argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float);
+        let agree = logits
+            .argmax(-1, false)
+            .eq_tensor(&reference.argmax(-1, false))
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
         println!(
             "{{\"device\": \"cuda:0\", \"dtype\": \"{}\", \"max_abs_diff\": {:.6e}, \"mean_abs_diff\": {:.6e}, \"logit_scale\": {:.4}, \"argmax_agreement\": {:.4}}}",
             dtype.hf_name(),

@@ -47,18 +47,26 @@ fn main() -> Result<()> {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
     let model = CausalLm::load(&args.model, LoadOptions::default())?;
-    let eos = Tokenizer::from_dir(&args.model).map(|t| t.eos_token_ids().to_vec()).unwrap_or_default();
+    let eos =
+        Tokenizer::from_dir(&args.model).map(|t| t.eos_token_ids().to_vec()).unwrap_or_default();
     let vocab = model.config().vocab_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let prompts: Vec<Vec<i64>> =
-        (0..args.prompts).map(|_| (0..args.prompt_len).map(|_| rng.gen_range(0..vocab)).collect()).collect();
+    let prompts: Vec<Vec<i64>> = (0..args.prompts)
+        .map(|_| (0..args.prompt_len).map(|_| rng.gen_range(0..vocab)).collect())
+        .collect();
     let params = SamplingParams {
         temperature: args.temperature,
         max_new_tokens: args.new_tokens,
         stop_on_eos: !args.ignore_eos,
         ..Default::default()
     };
-    let request = Request { prompts: &prompts, n: args.samples, params: &params, eos_token_ids: &eos, seed: args.seed };
+    let request = Request {
+        prompts: &prompts,
+        n: args.samples,
+        params: &params,
+        eos_token_ids: &eos,
+        seed: args.seed,
+    };
     let config = EngineConfig::default();
     let mut best = f64::INFINITY;
     let mut tokens = 0usize;

@@ -27,7 +27,7 @@ enum Command {
         /// Output .safetensors file.
         #[arg(long)]
         out: PathBuf,
-        /// Device: cpu or cuda[:N].
+        /// Device: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Weight dtype: float32, bfloat16 or float16.
@@ -51,7 +51,11 @@ fn parse_ids(s: &str) -> Result<Vec<i64>> {
     let ids = s
         .split(',')
         .enumerate()
-        .map(|(i, t)| t.trim().parse::<i64>().with_context(|| format!("--ids: item {} `{t}` is not an integer", i + 1)))
+        .map(|(i, t)| {
+            t.trim()
+                .parse::<i64>()
+                .with_context(|| format!("--ids: item {} `{t}` is not an integer", i + 1))
+        })
         .collect::<Result<Vec<_>>>()?;
     if ids.is_empty() {
         bail!("--ids: no ids given");
@@ -70,13 +74,16 @@ fn logits(model: PathBuf, ids: &str, out: PathBuf, device: &str, dtype: &str) ->
     let logits = tch::no_grad(|| lm.forward(&input, None))?;
     let logits = logits.f_squeeze_dim(0)?.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?;
     let tmp = out.with_extension("safetensors.tmp");
-    Tensor::write_safetensors(&[("logits", &logits)], &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    Tensor::write_safetensors(&[("logits", &logits)], &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Logits { model, ids, out, device, dtype } => logits(model, &ids, out, &device, &dtype),
+        Command::Logits { model, ids, out, device, dtype } => {
+            logits(model, &ids, out, &device, &dtype)
+        }
     }
 }

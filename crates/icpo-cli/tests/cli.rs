@@ -1,6 +1,8 @@
 //! The `icpo` binary end to end: `icpo logits` against transformers' logits, its errors, and
 //! its link to libtorch_cuda.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -19,7 +21,8 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn logits_match_transformers() {
     for model in ["tiny-qwen2", "tiny-qwen3", "tiny-llama"] {
-        let golden = tch::Tensor::read_safetensors(testdata(model).join("golden.safetensors")).unwrap();
+        let golden =
+            tch::Tensor::read_safetensors(testdata(model).join("golden.safetensors")).unwrap();
         let get = |k: &str| golden.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
         let ids: Vec<i64> = Vec::try_from(&get("single_ids")).unwrap();
         let ids = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
@@ -73,5 +76,8 @@ fn binary_links_libtorch_cuda() {
     let out = Command::new("ldd").arg(env!("CARGO_BIN_EXE_icpo")).output().expect("ldd");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("libtorch_cuda.so"), "ldd icpo:\n{text}");
-    assert!(!text.contains("libtorch_cpu.so => not found"), "libtorch resolved through the rpath:\n{text}");
+    assert!(
+        !text.contains("libtorch_cpu.so => not found"),
+        "libtorch resolved through the rpath:\n{text}"
+    );
 }

@@ -65,7 +65,11 @@ pub fn group_advantages(
         )));
     }
     if !(epsilon.is_finite() && epsilon >= 0.0) {
-        return Err(CoreError::OutOfRange { field: "epsilon", value: epsilon.to_string(), message: "must be finite and ≥ 0" });
+        return Err(CoreError::OutOfRange {
+            field: "epsilon",
+            value: epsilon.to_string(),
+            message: "must be finite and ≥ 0",
+        });
     }
     check_finite("rewards", rewards)?;
     if estimator == AdvantageEstimator::ReinforcePlusPlus {
@@ -74,10 +78,14 @@ pub fn group_advantages(
         }
         let (m, s) = (mean(rewards), std_unbiased(rewards));
         let all_equal = rewards.iter().all(|&r| r == rewards[0]);
-        return Ok(rewards.iter().map(|&r| if all_equal { 0.0 } else { (r - m) / (s + epsilon) }).collect());
+        return Ok(rewards
+            .iter()
+            .map(|&r| if all_equal { 0.0 } else { (r - m) / (s + epsilon) })
+            .collect());
     }
     // Members of each group, in order of first appearance.
-    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> =
+        std::collections::BTreeMap::new();
     for (i, &g) in group_ids.iter().enumerate() {
         groups.entry(g).or_default().push(i);
     }
@@ -109,16 +117,21 @@ mod tests {
     #[test]
     fn grpo_by_hand() {
         // Group 0: rewards 1, 0, 0, 1 → mean 0.5, unbiased std sqrt(1/3).
-        let a = group_advantages(&[1.0, 0.0, 0.0, 1.0], &[0, 0, 0, 0], AdvantageEstimator::Grpo, 1e-6).unwrap();
+        let a =
+            group_advantages(&[1.0, 0.0, 0.0, 1.0], &[0, 0, 0, 0], AdvantageEstimator::Grpo, 1e-6)
+                .unwrap();
         let s = (1.0f64 / 3.0).sqrt();
-        for (x, want) in a.iter().zip([0.5 / (s + 1e-6), -0.5 / (s + 1e-6), -0.5 / (s + 1e-6), 0.5 / (s + 1e-6)]) {
+        for (x, want) in
+            a.iter().zip([0.5 / (s + 1e-6), -0.5 / (s + 1e-6), -0.5 / (s + 1e-6), 0.5 / (s + 1e-6)])
+        {
             assert!((x - want).abs() < 1e-12);
         }
     }
 
     #[test]
     fn equal_rewards_and_singletons_give_zero() {
-        for est in [AdvantageEstimator::Grpo, AdvantageEstimator::DrGrpo, AdvantageEstimator::Rloo] {
+        for est in [AdvantageEstimator::Grpo, AdvantageEstimator::DrGrpo, AdvantageEstimator::Rloo]
+        {
             let a = group_advantages(&[1.0, 1.0, 0.3, 7.0], &[0, 0, 1, 2], est, 1e-6).unwrap();
             assert_eq!(a, vec![0.0; 4], "{est:?}");
         }
@@ -136,13 +149,21 @@ mod tests {
 
     #[test]
     fn interleaved_groups() {
-        let a = group_advantages(&[1.0, 5.0, 0.0, 5.0], &[0, 1, 0, 1], AdvantageEstimator::DrGrpo, 0.0).unwrap();
+        let a =
+            group_advantages(&[1.0, 5.0, 0.0, 5.0], &[0, 1, 0, 1], AdvantageEstimator::DrGrpo, 0.0)
+                .unwrap();
         assert_eq!(a, vec![0.5, 0.0, -0.5, 0.0]);
     }
 
     #[test]
     fn reinforce_pp_normalises_over_the_batch() {
-        let a = group_advantages(&[1.0, 0.0, 0.0, 0.0], &[0, 0, 1, 1], AdvantageEstimator::ReinforcePlusPlus, 0.0).unwrap();
+        let a = group_advantages(
+            &[1.0, 0.0, 0.0, 0.0],
+            &[0, 0, 1, 1],
+            AdvantageEstimator::ReinforcePlusPlus,
+            0.0,
+        )
+        .unwrap();
         let s = (0.75f64 / 3.0).sqrt();
         assert!((a[0] - 0.75 / s).abs() < 1e-12 && (a[2] + 0.25 / s).abs() < 1e-12);
     }
@@ -150,7 +171,8 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         assert!(group_advantages(&[1.0], &[0, 1], AdvantageEstimator::Grpo, 1e-6).is_err());
-        let e = group_advantages(&[1.0, f64::NAN], &[0, 0], AdvantageEstimator::Grpo, 1e-6).unwrap_err();
+        let e = group_advantages(&[1.0, f64::NAN], &[0, 0], AdvantageEstimator::Grpo, 1e-6)
+            .unwrap_err();
         assert!(e.to_string().contains("rewards") && e.to_string().contains("[1]"));
         assert!(group_advantages(&[1.0], &[0], AdvantageEstimator::Grpo, -1.0).is_err());
         let e = "ppo".parse::<AdvantageEstimator>().unwrap_err().to_string();

@@ -51,7 +51,11 @@ pub(crate) fn check_finite(input: &'static str, values: &[f64]) -> Result<()> {
 pub(crate) fn check_finite_2d(input: &'static str, rows: &[Vec<f64>]) -> Result<()> {
     for (i, row) in rows.iter().enumerate() {
         if let Some(j) = row.iter().position(|v| !v.is_finite()) {
-            return Err(CoreError::NonFinite { input, index: format!("[{i}][{j}]"), value: row[j] });
+            return Err(CoreError::NonFinite {
+                input,
+                index: format!("[{i}][{j}]"),
+                value: row[j],
+            });
         }
     }
     Ok(())

@@ -57,11 +57,16 @@ pub fn errs_select<R: Rng + ?Sized>(
     check_finite("on_policy_rewards", on_policy_rewards)?;
     check_finite("ief_rewards", ief_rewards)?;
     if !config.delta.is_finite() {
-        return Err(CoreError::OutOfRange { field: "errs.delta", value: config.delta.to_string(), message: "must be finite" });
+        return Err(CoreError::OutOfRange {
+            field: "errs.delta",
+            value: config.delta.to_string(),
+            message: "must be finite",
+        });
     }
     let g = on_policy_rewards.len();
-    let mut accepted: Vec<usize> =
-        (0..ief_rewards.len()).filter(|&j| !config.enabled || ief_rewards[j] >= config.delta).collect();
+    let mut accepted: Vec<usize> = (0..ief_rewards.len())
+        .filter(|&j| !config.enabled || ief_rewards[j] >= config.delta)
+        .collect();
     accepted.truncate(g);
     let replaced = rand::seq::index::sample(rng, g, accepted.len()).into_vec();
     let mut members: Vec<Origin> = (0..g).map(Origin::OnPolicy).collect();
@@ -85,10 +90,19 @@ pub fn group_rewards(
         .members
         .iter()
         .map(|m| match *m {
-            Origin::OnPolicy(i) => on_policy_rewards.get(i).copied().map(|r| shaped_reward(r, false, shaping, alpha, gamma)),
-            Origin::Ief(j) => ief_rewards.get(j).copied().map(|r| shaped_reward(r, true, shaping, alpha, gamma)),
+            Origin::OnPolicy(i) => on_policy_rewards
+                .get(i)
+                .copied()
+                .map(|r| shaped_reward(r, false, shaping, alpha, gamma)),
+            Origin::Ief(j) => {
+                ief_rewards.get(j).copied().map(|r| shaped_reward(r, true, shaping, alpha, gamma))
+            }
         })
-        .map(|r| r.ok_or_else(|| CoreError::Shape("ERRS outcome refers to a sample outside the rewards given".into())))
+        .map(|r| {
+            r.ok_or_else(|| {
+                CoreError::Shape("ERRS outcome refers to a sample outside the rewards given".into())
+            })
+        })
         .collect()
 }
 
@@ -128,19 +142,23 @@ mod tests {
         let mut counts = [0usize; 4];
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..4000 {
-            counts[errs_select(&on, &[1.0], &ErrsConfig::default(), &mut rng).unwrap().replaced[0]] += 1;
+            counts[errs_select(&on, &[1.0], &ErrsConfig::default(), &mut rng).unwrap().replaced
+                [0]] += 1;
         }
         // Each slot ~1000 draws; 5 standard deviations is about ±137.
         assert!(counts.iter().all(|&c| (860..1140).contains(&c)), "{counts:?}");
-        let a = errs_select(&on, &[1.0], &ErrsConfig::default(), &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
-        let b = errs_select(&on, &[1.0], &ErrsConfig::default(), &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let a = errs_select(&on, &[1.0], &ErrsConfig::default(), &mut ChaCha8Rng::seed_from_u64(3))
+            .unwrap();
+        let b = errs_select(&on, &[1.0], &ErrsConfig::default(), &mut ChaCha8Rng::seed_from_u64(3))
+            .unwrap();
         assert_eq!(a, b);
     }
 
     #[test]
     fn more_accepted_than_group_truncates() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let out = errs_select(&[0.0, 0.0], &[1.0, 1.0, 1.0], &ErrsConfig::default(), &mut rng).unwrap();
+        let out =
+            errs_select(&[0.0, 0.0], &[1.0, 1.0, 1.0], &ErrsConfig::default(), &mut rng).unwrap();
         assert_eq!(out.accepted, vec![0, 1]);
         assert!(out.members.iter().all(|m| matches!(m, Origin::Ief(_))));
     }

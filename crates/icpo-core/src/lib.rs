@@ -16,7 +16,7 @@ pub use advantage::{group_advantages, AdvantageEstimator, DEFAULT_EPSILON};
 pub use error::{CoreError, Result};
 pub use errs::{errs_select, group_rewards, ErrsConfig, ErrsOutcome, Origin};
 pub use loss::{
-    agg_weights, aggregate, ief_token, kl_token, policy_loss, ppo_token, KlEstimator, LossAggMode, LossConfig,
-    LossInput, LossOutput, PolicyLoss, KL_CLAMP, LOG_RATIO_CLAMP,
+    agg_weights, aggregate, ief_token, kl_token, policy_loss, ppo_token, KlEstimator, LossAggMode,
+    LossConfig, LossInput, LossOutput, PolicyLoss, KL_CLAMP, LOG_RATIO_CLAMP,
 };
 pub use schedule::{shaped_reward, ShapingSchedule};

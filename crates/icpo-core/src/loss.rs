@@ -115,7 +115,12 @@ impl LossConfig {
                 Err(CoreError::OutOfRange { field, value: v.to_string(), message })
             }
         };
-        range("clip_ratio_low", self.clip_ratio_low, (0.0..1.0).contains(&self.clip_ratio_low), "must be in [0, 1)")?;
+        range(
+            "clip_ratio_low",
+            self.clip_ratio_low,
+            (0.0..1.0).contains(&self.clip_ratio_low),
+            "must be in [0, 1)",
+        )?;
         range("clip_ratio_high", self.clip_ratio_high, self.clip_ratio_high >= 0.0, "must be ≥ 0")?;
         range("clip_ratio_c", self.clip_ratio_c, self.clip_ratio_c > 1.0, "must be > 1")?;
         range("ief_lambda", self.ief_lambda, self.ief_lambda > 0.0, "must be > 0")?;
@@ -224,7 +229,11 @@ pub fn ppo_token(logp: f64, old_logp: f64, adv: f64, cfg: &LossConfig) -> (f64, 
     let l1 = -adv * r;
     let l2 = -adv * rc;
     // max(l1, l2): the unclipped branch carries the gradient unless the clipped one is larger.
-    let (mut loss, mut grad) = if l1 >= l2 { (l1, -adv * r * dlr) } else { (l2, if in_range { -adv * r * dlr } else { 0.0 }) };
+    let (mut loss, mut grad) = if l1 >= l2 {
+        (l1, -adv * r * dlr)
+    } else {
+        (l2, if in_range { -adv * r * dlr } else { 0.0 })
+    };
     let clipped = l2 > l1;
     if cfg.policy_loss == PolicyLoss::Vanilla && adv < 0.0 {
         let l3 = -cfg.clip_ratio_c * adv;
@@ -248,7 +257,10 @@ pub fn ief_token(logp: f64, adv: f64, lambda: f64) -> (f64, f64, f64) {
 
 fn check_shape(name: &str, rows: &[Vec<f64>], mask: &[Vec<bool>]) -> Result<()> {
     if rows.len() != mask.len() || rows.iter().zip(mask).any(|(r, m)| r.len() != m.len()) {
-        return Err(CoreError::Shape(format!("`{name}` has a different (B, T) from `mask` (B = {})", mask.len())));
+        return Err(CoreError::Shape(format!(
+            "`{name}` has a different (B, T) from `mask` (B = {})",
+            mask.len()
+        )));
     }
     Ok(())
 }
@@ -288,11 +300,13 @@ pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput
                 ief_tokens += 1.0;
                 (l, d)
             } else {
-                let (l, d, c) = ppo_token(input.logp[i][t], input.old_logp[i][t], input.advantages[i], cfg);
+                let (l, d, c) =
+                    ppo_token(input.logp[i][t], input.old_logp[i][t], input.advantages[i], cfg);
                 clipped += f64::from(u8::from(c));
                 on_tokens += 1.0;
                 // As verl: from the clamped log-ratio.
-                ppo_kl -= (input.logp[i][t] - input.old_logp[i][t]).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
+                ppo_kl -= (input.logp[i][t] - input.old_logp[i][t])
+                    .clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
                 (l, d)
             };
             pg_loss += w * l;
@@ -308,7 +322,9 @@ pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput
     ]);
     let mut loss = pg_loss;
     if cfg.kl_coef > 0.0 {
-        let ref_logp = input.ref_logp.ok_or_else(|| CoreError::Shape("kl_coef > 0 needs `ref_logp`".into()))?;
+        let ref_logp = input
+            .ref_logp
+            .ok_or_else(|| CoreError::Shape("kl_coef > 0 needs `ref_logp`".into()))?;
         check_shape("ref_logp", ref_logp, mask)?;
         check_finite_2d("ref_logp", ref_logp)?;
         let mut kl = 0.0;

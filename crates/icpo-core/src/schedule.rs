@@ -44,7 +44,13 @@ impl ShapingSchedule {
 
 /// The reward of a trajectory after shaping (§3): accepted IEF trajectories get `α · γ(t)` added
 /// when shaping is on; every other trajectory keeps its verifier reward.
-pub fn shaped_reward(reward: f64, accepted_ief: bool, shaping: bool, alpha: f64, gamma: f64) -> f64 {
+pub fn shaped_reward(
+    reward: f64,
+    accepted_ief: bool,
+    shaping: bool,
+    alpha: f64,
+    gamma: f64,
+) -> f64 {
     if accepted_ief && shaping {
         reward + alpha * gamma
     } else {

@@ -1,6 +1,8 @@
 //! The reference loss against values worked out by hand from ICPO.md §5, and its analytic
 //! gradient against central finite differences.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use icpo_core::*;
 
 fn close(a: f64, b: f64) -> bool {
@@ -57,28 +59,66 @@ fn aggregation_modes_by_hand() {
     let m = vec![vec![true, true, true], vec![true, false, false], vec![false, false, false]];
     assert!(close(aggregate(&v, &m, LossAggMode::TokenMean), 10.0 / 4.0));
     assert!(close(aggregate(&v, &m, LossAggMode::SeqMeanTokenMean), (2.0 + 4.0) / 2.0));
-    assert!(close(aggregate(&v, &m, LossAggMode::SeqMeanTokenSumNorm), (6.0 / 3.0 + 4.0 / 3.0) / 2.0));
+    assert!(close(
+        aggregate(&v, &m, LossAggMode::SeqMeanTokenSumNorm),
+        (6.0 / 3.0 + 4.0 / 3.0) / 2.0
+    ));
     let empty = vec![vec![false; 3]];
     assert_eq!(aggregate(&v[..1], &empty, LossAggMode::TokenMean), 0.0);
 }
 
-fn example() -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>, Vec<Vec<bool>>, Vec<bool>) {
-    let logp = vec![vec![-0.3, -1.2, -2.0, -0.1], vec![-0.7, -0.05, -3.0, -1.0], vec![-2.5, -0.4, -0.9, -1.1]];
-    let old = vec![vec![-0.35, -1.0, -2.4, -0.1], vec![-0.7, -0.1, -2.9, -1.0], vec![-2.0, -0.4, -0.2, -1.0]];
-    let refp = vec![vec![-0.2, -1.5, -2.2, -0.3], vec![-0.9, -0.2, -2.5, -1.4], vec![-2.2, -0.6, -1.0, -1.3]];
+type Rows = Vec<Vec<f64>>;
+/// (logp, old_logp, ref_logp, advantages, mask, is_ief)
+type Example = (Rows, Rows, Rows, Vec<f64>, Vec<Vec<bool>>, Vec<bool>);
+
+fn example() -> Example {
+    let logp = vec![
+        vec![-0.3, -1.2, -2.0, -0.1],
+        vec![-0.7, -0.05, -3.0, -1.0],
+        vec![-2.5, -0.4, -0.9, -1.1],
+    ];
+    let old = vec![
+        vec![-0.35, -1.0, -2.4, -0.1],
+        vec![-0.7, -0.1, -2.9, -1.0],
+        vec![-2.0, -0.4, -0.2, -1.0],
+    ];
+    let refp = vec![
+        vec![-0.2, -1.5, -2.2, -0.3],
+        vec![-0.9, -0.2, -2.5, -1.4],
+        vec![-2.2, -0.6, -1.0, -1.3],
+    ];
     let adv = vec![0.8, -1.3, 1.1];
-    let mask = vec![vec![true, true, true, false], vec![true, true, true, true], vec![true, true, false, false]];
+    let mask = vec![
+        vec![true, true, true, false],
+        vec![true, true, true, true],
+        vec![true, true, false, false],
+    ];
     (logp, old, refp, adv, mask, vec![false, false, true])
 }
 
 #[test]
 fn analytic_gradient_matches_finite_differences() {
     let (logp, old, refp, adv, mask, ief) = example();
-    for mode in [LossAggMode::TokenMean, LossAggMode::SeqMeanTokenMean, LossAggMode::SeqMeanTokenSumNorm] {
+    for mode in
+        [LossAggMode::TokenMean, LossAggMode::SeqMeanTokenMean, LossAggMode::SeqMeanTokenSumNorm]
+    {
         for est in [KlEstimator::K1, KlEstimator::K2, KlEstimator::K3] {
-            let cfg = LossConfig { loss_agg_mode: mode, kl_estimator: est, kl_coef: 0.3, ..Default::default() };
+            let cfg = LossConfig {
+                loss_agg_mode: mode,
+                kl_estimator: est,
+                kl_coef: 0.3,
+                ..Default::default()
+            };
             let loss_at = |lp: &Vec<Vec<f64>>| {
-                let input = LossInput { logp: lp, old_logp: &old, ref_logp: Some(&refp), entropy: None, advantages: &adv, mask: &mask, is_ief: &ief };
+                let input = LossInput {
+                    logp: lp,
+                    old_logp: &old,
+                    ref_logp: Some(&refp),
+                    entropy: None,
+                    advantages: &adv,
+                    mask: &mask,
+                    is_ief: &ief,
+                };
                 policy_loss(&input, &cfg).unwrap()
             };
             let out = loss_at(&logp);
@@ -91,7 +131,10 @@ fn analytic_gradient_matches_finite_differences() {
                     down[i][t] -= h;
                     let fd = (loss_at(&up).loss - loss_at(&down).loss) / (2.0 * h);
                     let g = out.grad_logp[i][t];
-                    assert!((fd - g).abs() < 1e-6, "{mode:?} {est:?} [{i}][{t}]: fd {fd} vs analytic {g}");
+                    assert!(
+                        (fd - g).abs() < 1e-6,
+                        "{mode:?} {est:?} [{i}][{t}]: fd {fd} vs analytic {g}"
+                    );
                 }
             }
         }
@@ -103,7 +146,15 @@ fn total_loss_composes_the_terms() {
     let (logp, old, refp, adv, mask, ief) = example();
     let entropy = vec![vec![1.0; 4]; 3];
     let cfg = LossConfig { kl_coef: 0.5, entropy_coef: 0.01, ..Default::default() };
-    let input = LossInput { logp: &logp, old_logp: &old, ref_logp: Some(&refp), entropy: Some(&entropy), advantages: &adv, mask: &mask, is_ief: &ief };
+    let input = LossInput {
+        logp: &logp,
+        old_logp: &old,
+        ref_logp: Some(&refp),
+        entropy: Some(&entropy),
+        advantages: &adv,
+        mask: &mask,
+        is_ief: &ief,
+    };
     let out = policy_loss(&input, &cfg).unwrap();
     let m = &out.metrics;
     assert!(close(out.loss, m["actor/pg_loss"] + 0.5 * m["actor/kl"] - 0.01 * m["actor/entropy"]));
@@ -119,7 +170,15 @@ fn total_loss_composes_the_terms() {
 fn bad_inputs_are_errors_naming_the_input() {
     let (mut logp, old, refp, adv, mask, ief) = example();
     logp[1][2] = f64::NAN;
-    let input = LossInput { logp: &logp, old_logp: &old, ref_logp: Some(&refp), entropy: None, advantages: &adv, mask: &mask, is_ief: &ief };
+    let input = LossInput {
+        logp: &logp,
+        old_logp: &old,
+        ref_logp: Some(&refp),
+        entropy: None,
+        advantages: &adv,
+        mask: &mask,
+        is_ief: &ief,
+    };
     let e = policy_loss(&input, &LossConfig::default()).unwrap_err().to_string();
     assert!(e.contains("logp") && e.contains("[1][2]"), "{e}");
     let cfg = LossConfig { ief_lambda: 0.0, ..Default::default() };
@@ -127,5 +186,8 @@ fn bad_inputs_are_errors_naming_the_input() {
     let input = LossInput { logp: &logp, ..input };
     assert!(policy_loss(&input, &cfg).unwrap_err().to_string().contains("ief_lambda"));
     let input = LossInput { ref_logp: None, ..input };
-    assert!(policy_loss(&input, &LossConfig::default()).unwrap_err().to_string().contains("ref_logp"));
+    assert!(policy_loss(&input, &LossConfig::default())
+        .unwrap_err()
+        .to_string()
+        .contains("ref_logp"));
 }

@@ -60,7 +60,10 @@ pub fn kl_penalty(logp: &Tensor, ref_logp: &Tensor, estimator: KlEstimator) -> R
 
 fn check_2d(name: &str, t: &Tensor, want: &[i64]) -> Result<()> {
     if t.size() != want {
-        return Err(LossError::Shape(format!("`{name}` has shape {:?}, expected (batch, response_len) = {want:?}", t.size())));
+        return Err(LossError::Shape(format!(
+            "`{name}` has shape {:?}, expected (batch, response_len) = {want:?}",
+            t.size()
+        )));
     }
     Ok(())
 }
@@ -81,14 +84,19 @@ pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutp
     cfg.validate()?;
     let shape = inputs.logp.size();
     if shape.len() != 2 {
-        return Err(LossError::Shape(format!("`logp` must be (batch, response_len), got {shape:?}")));
+        return Err(LossError::Shape(format!(
+            "`logp` must be (batch, response_len), got {shape:?}"
+        )));
     }
     let b = shape[0];
     check_2d("old_logp", inputs.old_logp, &shape)?;
     check_2d("response_mask", inputs.response_mask, &shape)?;
     for (name, t) in [("advantages", inputs.advantages), ("is_ief", inputs.is_ief)] {
         if t.size() != [b] {
-            return Err(LossError::Shape(format!("`{name}` has shape {:?}, expected (batch,) = [{b}]", t.size())));
+            return Err(LossError::Shape(format!(
+                "`{name}` has shape {:?}, expected (batch,) = [{b}]",
+                t.size()
+            )));
         }
     }
     let kind = inputs.logp.kind();
@@ -112,7 +120,8 @@ pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutp
     let ratio = log_ratio.f_exp()?;
     let neg_adv = adv.f_neg()?;
     let pg1 = neg_adv.f_mul(&ratio)?;
-    let pg2 = neg_adv.f_mul(&ratio.f_clamp(1.0 - cfg.clip_ratio_low, 1.0 + cfg.clip_ratio_high)?)?;
+    let pg2 =
+        neg_adv.f_mul(&ratio.f_clamp(1.0 - cfg.clip_ratio_low, 1.0 + cfg.clip_ratio_high)?)?;
     let clip1 = pg1.f_maximum(&pg2)?;
     let on_loss = match cfg.policy_loss {
         PolicyLoss::Clip => clip1,
@@ -134,15 +143,19 @@ pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutp
         metrics.insert("actor/pg_loss".into(), scalar(&pg_loss)?);
         let clipped = pg2.f_gt_tensor(&pg1)?.f_to_kind(kind)?;
         metrics.insert("actor/pg_clipfrac".into(), scalar(&masked_mean(&clipped, &on_mask)?)?);
-        metrics.insert("actor/ppo_kl".into(), scalar(&masked_mean(&log_ratio.f_neg()?, &on_mask)?)?);
+        metrics
+            .insert("actor/ppo_kl".into(), scalar(&masked_mean(&log_ratio.f_neg()?, &on_mask)?)?);
         metrics.insert("actor/ief_prob_mean".into(), scalar(&masked_mean(&p, &ief_mask)?)?);
         Ok(())
     })?;
     if cfg.kl_coef > 0.0 {
-        let ref_logp = inputs.ref_logp.ok_or_else(|| LossError::Shape("kl_coef > 0 needs `ref_logp`".into()))?;
+        let ref_logp = inputs
+            .ref_logp
+            .ok_or_else(|| LossError::Shape("kl_coef > 0 needs `ref_logp`".into()))?;
         check_2d("ref_logp", ref_logp, &shape)?;
         let ref_logp = clean("ref_logp", ref_logp, &bool_mask)?;
-        let kl = aggregate(&kl_penalty(&logp, &ref_logp, cfg.kl_estimator)?, &mask, cfg.loss_agg_mode)?;
+        let kl =
+            aggregate(&kl_penalty(&logp, &ref_logp, cfg.kl_estimator)?, &mask, cfg.loss_agg_mode)?;
         metrics.insert("actor/kl".into(), tch::no_grad(|| scalar(&kl))?);
         loss = loss.f_add(&kl.f_mul_scalar(cfg.kl_coef)?)?;
     }
@@ -182,7 +195,9 @@ mod tests {
             response_mask: &z,
             is_ief: &a,
         };
-        let e = policy_loss(&inputs, &LossConfig { kl_coef: 0.0, ..Default::default() }).unwrap_err().to_string();
+        let e = policy_loss(&inputs, &LossConfig { kl_coef: 0.0, ..Default::default() })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("advantages") && e.contains("[3]") && e.contains("[2]"), "{e}");
     }
 }

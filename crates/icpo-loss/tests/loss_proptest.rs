@@ -2,6 +2,8 @@
 //! and in gradient (autograd vs the reference's analytic gradient), on random problems with
 //! empty rows, all-equal groups, extreme log-ratios and λ near 0.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use icpo_core::{KlEstimator, LossAggMode, LossConfig, LossInput, PolicyLoss};
 use icpo_loss::{policy_loss, LossInputs};
 use proptest::prelude::*;
@@ -30,29 +32,60 @@ impl LossProblem {
             mask: &self.mask,
             is_ief: &self.is_ief,
         };
-        let reference = icpo_core::policy_loss(&input, &self.cfg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let reference = icpo_core::policy_loss(&input, &self.cfg)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
 
         let t2 = |rows: &Vec<Vec<f64>>| Tensor::from_slice2(rows).to_kind(Kind::Double);
         let logp = t2(&self.logp).set_requires_grad(true);
         let (old, refp, ent) = (t2(&self.old_logp), t2(&self.ref_logp), t2(&self.entropy));
-        let mask_f: Vec<Vec<f64>> = self.mask.iter().map(|r| r.iter().map(|&m| f64::from(u8::from(m))).collect()).collect();
+        let mask_f: Vec<Vec<f64>> =
+            self.mask.iter().map(|r| r.iter().map(|&m| f64::from(u8::from(m))).collect()).collect();
         let mask = t2(&mask_f);
         let adv = Tensor::from_slice(&self.advantages);
-        let ief = Tensor::from_slice(&self.is_ief.iter().map(|&b| i64::from(b)).collect::<Vec<_>>());
-        let inputs = LossInputs { logp: &logp, old_logp: &old, ref_logp: Some(&refp), entropy: Some(&ent), advantages: &adv, response_mask: &mask, is_ief: &ief };
-        let out = policy_loss(&inputs, &self.cfg).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let ief =
+            Tensor::from_slice(&self.is_ief.iter().map(|&b| i64::from(b)).collect::<Vec<_>>());
+        let inputs = LossInputs {
+            logp: &logp,
+            old_logp: &old,
+            ref_logp: Some(&refp),
+            entropy: Some(&ent),
+            advantages: &adv,
+            response_mask: &mask,
+            is_ief: &ief,
+        };
+        let out =
+            policy_loss(&inputs, &self.cfg).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let got = out.loss.double_value(&[]);
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-12;
-        prop_assert!(close(got, reference.loss), "loss: tensor {} vs reference {}", got, reference.loss);
+        prop_assert!(
+            close(got, reference.loss),
+            "loss: tensor {} vs reference {}",
+            got,
+            reference.loss
+        );
         for (k, v) in &reference.metrics {
-            prop_assert!(close(out.metrics[k], *v), "{}: tensor {} vs reference {}", k, out.metrics[k], v);
+            prop_assert!(
+                close(out.metrics[k], *v),
+                "{}: tensor {} vs reference {}",
+                k,
+                out.metrics[k],
+                v
+            );
         }
         out.loss.backward();
-        let grad = Vec::<Vec<f64>>::try_from(&logp.grad()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let grad = Vec::<Vec<f64>>::try_from(&logp.grad())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let scale = reference.grad_logp.iter().flatten().fold(0.0f64, |m, g| m.max(g.abs()));
         for (i, row) in reference.grad_logp.iter().enumerate() {
             for (t, g) in row.iter().enumerate() {
-                prop_assert!((grad[i][t] - g).abs() <= 1e-5 * scale + 1e-12, "grad [{}][{}]: autograd {} vs analytic {}", i, t, grad[i][t], g);
+                prop_assert!(
+                    (grad[i][t] - g).abs() <= 1e-5 * scale + 1e-12,
+                    "grad [{}][{}]: autograd {} vs analytic {}",
+                    i,
+                    t,
+                    grad[i][t],
+                    g
+                );
             }
         }
         Ok(())
@@ -69,7 +102,11 @@ fn config() -> impl Strategy<Value = LossConfig> {
         prop_oneof![Just(KlEstimator::K1), Just(KlEstimator::K2), Just(KlEstimator::K3)],
         prop_oneof![Just(0.0), 0.0f64..1.0],
         prop_oneof![Just(0.0), 0.0f64..0.1],
-        prop_oneof![Just(LossAggMode::TokenMean), Just(LossAggMode::SeqMeanTokenMean), Just(LossAggMode::SeqMeanTokenSumNorm)],
+        prop_oneof![
+            Just(LossAggMode::TokenMean),
+            Just(LossAggMode::SeqMeanTokenMean),
+            Just(LossAggMode::SeqMeanTokenSumNorm)
+        ],
     )
         .prop_map(|(policy_loss, lo, hi, c, lam, kl, beta, ent, mode)| LossConfig {
             policy_loss,
@@ -86,7 +123,8 @@ fn config() -> impl Strategy<Value = LossConfig> {
 
 fn problem() -> impl Strategy<Value = LossProblem> {
     (1usize..6, 1usize..9).prop_flat_map(|(b, t)| {
-        let row = move |s: BoxedStrategy<f64>| prop::collection::vec(prop::collection::vec(s, t), b);
+        let row =
+            move |s: BoxedStrategy<f64>| prop::collection::vec(prop::collection::vec(s, t), b);
         let logp = prop_oneof![-8.0f64..0.0, -40.0f64..-20.5, Just(0.0)].boxed();
         let delta = prop_oneof![-0.5f64..0.5, -30.0f64..30.0, Just(0.0)].boxed();
         (
@@ -101,9 +139,21 @@ fn problem() -> impl Strategy<Value = LossProblem> {
         )
             .prop_map(|(logp, d_old, d_ref, entropy, advantages, mask, is_ief, cfg)| {
                 let shift = |d: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
-                    logp.iter().zip(d).map(|(l, d)| l.iter().zip(d).map(|(a, b)| a + b).collect()).collect()
+                    logp.iter()
+                        .zip(d)
+                        .map(|(l, d)| l.iter().zip(d).map(|(a, b)| a + b).collect())
+                        .collect()
                 };
-                LossProblem { old_logp: shift(&d_old), ref_logp: shift(&d_ref), logp, entropy, advantages, mask, is_ief, cfg }
+                LossProblem {
+                    old_logp: shift(&d_old),
+                    ref_logp: shift(&d_ref),
+                    logp,
+                    entropy,
+                    advantages,
+                    mask,
+                    is_ief,
+                    cfg,
+                }
             })
     })
 }
@@ -139,7 +189,15 @@ fn non_finite_inputs_are_errors_and_padding_is_ignored() {
     let adv = Tensor::from_slice(&[1.0f64, -1.0]);
     let ief = Tensor::from_slice(&[0i64, 0]);
     let cfg = LossConfig { kl_coef: 0.0, ..Default::default() };
-    let ok = LossInputs { logp: &logp, old_logp: &logp, ref_logp: None, entropy: None, advantages: &adv, response_mask: &mask, is_ief: &ief };
+    let ok = LossInputs {
+        logp: &logp,
+        old_logp: &logp,
+        ref_logp: None,
+        entropy: None,
+        advantages: &adv,
+        response_mask: &mask,
+        is_ief: &ief,
+    };
     let out = policy_loss(&ok, &cfg).unwrap();
     assert!(out.loss.double_value(&[]).is_finite());
     let nan_logp = Tensor::from_slice2(&[[-1.0f64, f64::NAN], [-0.5, -1.0]]);

@@ -4,6 +4,8 @@
 //! 4 heads / 2 KV heads, head_dim 64), built in memory with a fixed seed.
 //! Run: `cargo bench -p icpo-policy --bench forward`.
 
+#![allow(clippy::unwrap_used, missing_docs)] // benches unwrap; criterion generates undocumented fns
+
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -37,14 +39,28 @@ fn bench(c: &mut Criterion) {
     g.bench_function("response_logprobs_b8_p24_r64_no_grad", |bench| {
         bench.iter(|| {
             tch::no_grad(|| {
-                model.response_logprobs(&prompt, &mask.narrow(1, 0, p), &resp, &mask.narrow(1, p, r), false).unwrap()
+                model
+                    .response_logprobs(
+                        &prompt,
+                        &mask.narrow(1, 0, p),
+                        &resp,
+                        &mask.narrow(1, p, r),
+                        false,
+                    )
+                    .unwrap()
             })
         })
     });
     g.bench_function("response_logprobs_b8_p24_r64_backward", |bench| {
         bench.iter(|| {
             let out = model
-                .response_logprobs(&prompt, &mask.narrow(1, 0, p), &resp, &mask.narrow(1, p, r), false)
+                .response_logprobs(
+                    &prompt,
+                    &mask.narrow(1, 0, p),
+                    &resp,
+                    &mask.narrow(1, p, r),
+                    false,
+                )
                 .unwrap();
             out.logprobs.sum(Kind::Float).backward();
         })

@@ -187,7 +187,9 @@ impl Fields<'_> {
     fn bool(&self, field: &str, default: bool) -> Result<bool> {
         match self.obj.get(field) {
             None | Some(serde_json::Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(field, format!("expected a bool, got {v}"))),
+            Some(v) => {
+                v.as_bool().ok_or_else(|| self.err(field, format!("expected a bool, got {v}")))
+            }
         }
     }
 }
@@ -218,7 +220,10 @@ impl ModelConfig {
         let architecture = Architecture::from_model_type(model_type).ok_or_else(|| {
             f.err(
                 "model_type",
-                format!("unsupported architecture `{model_type}` (supported: {})", Architecture::VALID),
+                format!(
+                    "unsupported architecture `{model_type}` (supported: {})",
+                    Architecture::VALID
+                ),
             )
         })?;
         let hidden_size = f.i64("hidden_size")?;
@@ -245,7 +250,10 @@ impl ModelConfig {
         }
         if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str()) {
             if act != "silu" {
-                return Err(f.err("hidden_act", format!("unsupported activation `{act}` (supported: silu)")));
+                return Err(f.err(
+                    "hidden_act",
+                    format!("unsupported activation `{act}` (supported: silu)"),
+                ));
             }
         }
         if f.bool("use_sliding_window", false)? {
@@ -293,7 +301,9 @@ impl ModelConfig {
             Some(serde_json::Value::Null) | None => match f.obj.get("rope_scaling") {
                 Some(serde_json::Value::Object(p)) => (Some(p), "rope_scaling"),
                 Some(serde_json::Value::Null) | None => (None, "rope_scaling"),
-                Some(v) => return Err(f.err("rope_scaling", format!("expected an object, got {v}"))),
+                Some(v) => {
+                    return Err(f.err("rope_scaling", format!("expected an object, got {v}")))
+                }
             },
             Some(v) => return Err(f.err("rope_parameters", format!("expected an object, got {v}"))),
         };
@@ -302,7 +312,11 @@ impl ModelConfig {
             None => f.opt_f64_in(f.obj, "rope_theta")?.unwrap_or(10000.0),
         };
         let Some(p) = params else { return Ok((theta, RopeScaling::Default)) };
-        let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        let kind = p
+            .get("rope_type")
+            .or_else(|| p.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
         let num = |name: &str| -> Result<f64> {
             f.opt_f64_in(p, name)?.ok_or_else(|| f.err(&format!("{field}.{name}"), "missing"))
         };
@@ -318,7 +332,9 @@ impl ModelConfig {
             other => {
                 return Err(f.err(
                     &format!("{field}.rope_type"),
-                    format!("unsupported rope scaling `{other}` (supported: default, linear, llama3)"),
+                    format!(
+                        "unsupported rope scaling `{other}` (supported: default, linear, llama3)"
+                    ),
                 ))
             }
         };

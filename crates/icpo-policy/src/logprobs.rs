@@ -43,7 +43,12 @@ impl CausalLm {
         with_entropy: bool,
     ) -> Result<TokenLogprobs> {
         let (ps, rs) = (prompt_ids.size(), response_ids.size());
-        if ps.len() != 2 || rs.len() != 2 || ps[0] != rs[0] || prompt_mask.size() != ps || response_mask.size() != rs {
+        if ps.len() != 2
+            || rs.len() != 2
+            || ps[0] != rs[0]
+            || prompt_mask.size() != ps
+            || response_mask.size() != rs
+        {
             return Err(PolicyError::Shape(format!(
                 "response_logprobs: prompt ids {ps:?} / mask {:?} and response ids {rs:?} / mask {:?} must be (batch, prompt_len) and (batch, response_len) with one batch",
                 prompt_mask.size(),
@@ -55,10 +60,15 @@ impl CausalLm {
         let rmask = response_mask.f_to_device(device)?.f_to_kind(Kind::Float)?;
         if rlen == 0 || batch == 0 {
             let zeros = Tensor::f_zeros([batch, rlen], (Kind::Float, device))?;
-            return Ok(TokenLogprobs { logprobs: zeros.shallow_clone(), entropy: with_entropy.then_some(zeros) });
+            return Ok(TokenLogprobs {
+                logprobs: zeros.shallow_clone(),
+                entropy: with_entropy.then_some(zeros),
+            });
         }
         if plen == 0 {
-            return Err(PolicyError::Shape("response_logprobs: prompt_len is 0; every row needs a prompt token".into()));
+            return Err(PolicyError::Shape(
+                "response_logprobs: prompt_len is 0; every row needs a prompt token".into(),
+            ));
         }
         let pmask = prompt_mask.f_to_device(device)?;
         let last_prompt = pmask.f_select(1, plen - 1)?.f_ne(0)?.f_all()?.int64_value(&[]);
@@ -67,8 +77,17 @@ impl CausalLm {
                 "response_logprobs: prompts must be left padded (the last prompt column must be a real token in every row)".into(),
             ));
         }
-        let ids = Tensor::f_cat(&[prompt_ids.f_to_device(device)?, response_ids.f_to_device(device)?], 1)?;
-        let mask = Tensor::f_cat(&[pmask.f_to_kind(Kind::Int64)?, response_mask.f_to_device(device)?.f_to_kind(Kind::Int64)?], 1)?;
+        let ids = Tensor::f_cat(
+            &[prompt_ids.f_to_device(device)?, response_ids.f_to_device(device)?],
+            1,
+        )?;
+        let mask = Tensor::f_cat(
+            &[
+                pmask.f_to_kind(Kind::Int64)?,
+                response_mask.f_to_device(device)?.f_to_kind(Kind::Int64)?,
+            ],
+            1,
+        )?;
         let hidden = self.hidden_states(&ids, Some(&mask))?;
         // Position p predicts token p + 1: the response is predicted from plen-1 .. plen+rlen-2.
         let hidden = hidden.f_narrow(1, plen - 1, rlen)?;
@@ -89,14 +108,19 @@ impl CausalLm {
             if with_entropy {
                 let ent = tch::no_grad(|| -> Result<Tensor> {
                     let p = logits.f_sub(&lse.f_unsqueeze(-1)?)?.f_exp()?;
-                    Ok(lse.f_sub(&p.f_mul(&logits)?.f_sum_dim_intlist(-1, false, Kind::Float)?)?)
+                    Ok(lse.f_sub(&p.f_mul(&logits)?.f_sum_dim_intlist(
+                        -1,
+                        false,
+                        Kind::Float,
+                    )?)?)
                 })?;
                 ents.push(ent);
             }
             start += n;
         }
         let logprobs = Tensor::f_cat(&lps, 1)?.f_mul(&rmask)?;
-        let entropy = if with_entropy { Some(Tensor::f_cat(&ents, 1)?.f_mul(&rmask)?) } else { None };
+        let entropy =
+            if with_entropy { Some(Tensor::f_cat(&ents, 1)?.f_mul(&rmask)?) } else { None };
         Ok(TokenLogprobs { logprobs, entropy })
     }
 }

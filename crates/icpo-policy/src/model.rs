@@ -111,7 +111,9 @@ fn weight_specs(c: &ModelConfig) -> Vec<(String, Vec<i64>, Init)> {
             s.push((format!("{p}.self_attn.q_norm.weight"), vec![c.head_dim], one));
             s.push((format!("{p}.self_attn.k_norm.weight"), vec![c.head_dim], one));
         }
-        for (n, shape) in [("gate_proj", vec![i, h]), ("up_proj", vec![i, h]), ("down_proj", vec![h, i])] {
+        for (n, shape) in
+            [("gate_proj", vec![i, h]), ("up_proj", vec![i, h]), ("down_proj", vec![h, i])]
+        {
             let out = shape[0];
             s.push((format!("{p}.mlp.{n}.weight"), shape, w));
             if c.mlp_bias {
@@ -222,8 +224,18 @@ impl CausalLm {
             });
         }
         let embed = get("model.embed_tokens.weight")?;
-        let lm_head = if config.tie_word_embeddings { embed.shallow_clone() } else { get("lm_head.weight")? };
-        Ok(CausalLm { norm: get("model.norm.weight")?, embed, lm_head, layers, inv_freq, vs, dtype: options.dtype, config })
+        let lm_head =
+            if config.tie_word_embeddings { embed.shallow_clone() } else { get("lm_head.weight")? };
+        Ok(CausalLm {
+            norm: get("model.norm.weight")?,
+            embed,
+            lm_head,
+            layers,
+            inv_freq,
+            vs,
+            dtype: options.dtype,
+            config,
+        })
     }
 
     /// Loads a Hugging Face checkpoint directory: `config.json` and `model.safetensors` (or a
@@ -241,8 +253,10 @@ impl CausalLm {
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         let vars = self.vs.variables();
-        let mut tensors: Vec<(String, Tensor)> =
-            weight_specs(&self.config).into_iter().filter_map(|(n, _, _)| vars.get(&n).map(|t| (n, t.shallow_clone()))).collect();
+        let mut tensors: Vec<(String, Tensor)> = weight_specs(&self.config)
+            .into_iter()
+            .filter_map(|(n, _, _)| vars.get(&n).map(|t| (n, t.shallow_clone())))
+            .collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         weights::save_safetensors(dir, &tensors, weights::DEFAULT_MAX_SHARD_BYTES)?;
         let path = dir.join("config.json");
@@ -295,7 +309,11 @@ impl CausalLm {
     }
 
     /// Final hidden states `(batch, seq, hidden)` after the last norm; see [`CausalLm::forward`].
-    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (batch, seq) = check_ids(input_ids, attention_mask, self.config.vocab_size, "forward")?;
         let device = self.device();
         let key_mask = match attention_mask {
@@ -313,8 +331,14 @@ impl CausalLm {
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `(batch, prompt_len)`, left padded, so the last column
     ///   holds every row's last prompt token.
-    pub fn prefill(&self, input_ids: &Tensor, attention_mask: &Tensor, capacity: i64) -> Result<(Tensor, KvCache)> {
-        let (batch, seq) = check_ids(input_ids, Some(attention_mask), self.config.vocab_size, "prefill")?;
+    pub fn prefill(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        capacity: i64,
+    ) -> Result<(Tensor, KvCache)> {
+        let (batch, seq) =
+            check_ids(input_ids, Some(attention_mask), self.config.vocab_size, "prefill")?;
         let c = &self.config;
         let mut cache = KvCache::new(
             self.layers.len(),
@@ -335,8 +359,14 @@ impl CausalLm {
     ///
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `(batch, new)`, batch as in the cache
-    pub fn decode(&self, input_ids: &Tensor, attention_mask: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (batch, new) = check_ids(input_ids, Some(attention_mask), self.config.vocab_size, "decode")?;
+    pub fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (batch, new) =
+            check_ids(input_ids, Some(attention_mask), self.config.vocab_size, "decode")?;
         if batch != cache.batch_size() {
             return Err(PolicyError::Shape(format!(
                 "decode: batch {batch} differs from the cache's batch {}",
@@ -355,8 +385,14 @@ impl CausalLm {
         cache.key_mask.f_narrow(1, start, new)?.f_copy_(&new_mask)?;
         let key_mask = cache.key_mask.f_narrow(1, 0, start + new)?;
         let mask = attention_mask_4d(&key_mask, new, start)?;
-        let hidden = self.run_layers(&input_ids.f_to_device(device)?, &positions, &mask, Some((&mut *cache, start)))?;
-        cache.next_position = cache.next_position.f_add(&new_mask.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
+        let hidden = self.run_layers(
+            &input_ids.f_to_device(device)?,
+            &positions,
+            &mask,
+            Some((&mut *cache, start)),
+        )?;
+        cache.next_position =
+            cache.next_position.f_add(&new_mask.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
         cache.len = start + new;
         Ok(hidden.f_linear::<Tensor>(&self.lm_head, None)?)
     }
@@ -385,7 +421,8 @@ impl CausalLm {
             let h = rms_norm(&x, &layer.input_norm, eps)?;
             let mut q = linear(&h, &layer.q, &layer.q_bias)?.f_view([b, t, nh, hd])?;
             let mut k = linear(&h, &layer.k, &layer.k_bias)?.f_view([b, t, nkv, hd])?;
-            let v = linear(&h, &layer.v, &layer.v_bias)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
+            let v =
+                linear(&h, &layer.v, &layer.v_bias)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = rms_norm(&q, qn, eps)?;
                 k = rms_norm(&k, kn, eps)?;
@@ -396,12 +433,24 @@ impl CausalLm {
                 Some((cache, start)) => {
                     cache.keys[li].f_narrow(2, *start, t)?.f_copy_(&k)?;
                     cache.values[li].f_narrow(2, *start, t)?.f_copy_(&v)?;
-                    (cache.keys[li].f_narrow(2, 0, *start + t)?, cache.values[li].f_narrow(2, 0, *start + t)?)
+                    (
+                        cache.keys[li].f_narrow(2, 0, *start + t)?,
+                        cache.values[li].f_narrow(2, 0, *start + t)?,
+                    )
                 }
                 None => (k, v),
             };
             // Grouped-query attention without materialising repeated keys and values.
-            let attn = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, nh != nkv)?;
+            let attn = Tensor::f_scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                None,
+                nh != nkv,
+            )?;
             let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
             x = x.f_add(&linear(&attn, &layer.o, &layer.o_bias)?)?;
             // MLP block.
@@ -420,7 +469,8 @@ fn attention_mask_4d(key_mask: &Tensor, new: i64, offset: i64) -> Result<Tensor>
     let device = key_mask.device();
     let total = key_mask.size()[1];
     let kpos = Tensor::f_arange(total, (Kind::Int64, device))?.f_view([1, total])?;
-    let qpos = Tensor::f_arange(new, (Kind::Int64, device))?.f_add_scalar(offset)?.f_view([new, 1])?;
+    let qpos =
+        Tensor::f_arange(new, (Kind::Int64, device))?.f_add_scalar(offset)?.f_view([new, 1])?;
     let causal = kpos.f_le_tensor(&qpos)?;
     let diag = kpos.f_eq_tensor(&qpos)?;
     let keys = key_mask.f_view([-1, 1, 1, total])?;

@@ -16,7 +16,12 @@ pub(crate) fn inv_freq(config: &ModelConfig, device: Device) -> Result<Tensor> {
     match &config.rope_scaling {
         RopeScaling::Default => Ok(inv),
         RopeScaling::Linear { factor } => Ok(inv.f_div_scalar(*factor)?),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
             // Long wavelengths are divided by `factor`, short ones kept, the band between blended.
             let old = *original_max_position_embeddings;
             let low_wavelen = old / low_freq_factor;
@@ -30,16 +35,25 @@ pub(crate) fn inv_freq(config: &ModelConfig, device: Device) -> Result<Tensor> {
                 .f_sub_scalar(*low_freq_factor)?
                 .f_div_scalar(high_freq_factor - low_freq_factor)?;
             let one_minus = smooth.f_neg()?.f_add_scalar(1.0)?;
-            let smoothed = one_minus.f_mul(&scaled)?.f_div_scalar(*factor)?.f_add(&smooth.f_mul(&scaled)?)?;
-            let is_medium = wavelen.f_lt(high_wavelen)?.f_logical_not()?.f_logical_and(&is_low.f_logical_not()?)?;
+            let smoothed =
+                one_minus.f_mul(&scaled)?.f_div_scalar(*factor)?.f_add(&smooth.f_mul(&scaled)?)?;
+            let is_medium = wavelen
+                .f_lt(high_wavelen)?
+                .f_logical_not()?
+                .f_logical_and(&is_low.f_logical_not()?)?;
             Ok(smoothed.f_where_self(&is_medium, &scaled)?)
         }
     }
 }
 
 /// `cos` and `sin` of shape `(batch, 1, seq, head_dim)` for integer `positions (batch, seq)`.
-pub(crate) fn cos_sin(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
-    let freqs = positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&inv_freq.f_view([1, 1, -1])?)?;
+pub(crate) fn cos_sin(
+    inv_freq: &Tensor,
+    positions: &Tensor,
+    kind: Kind,
+) -> Result<(Tensor, Tensor)> {
+    let freqs =
+        positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&inv_freq.f_view([1, 1, -1])?)?;
     let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?;
     Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
 }

@@ -48,7 +48,9 @@ impl std::fmt::Debug for Tokenizer {
 fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
         serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_owned),
+        serde_json::Value::Object(o) => {
+            o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
+        }
         _ => None,
     }
 }
@@ -76,7 +78,10 @@ impl Tokenizer {
         if !path.exists() {
             return Err(PolicyError::Io {
                 path,
-                error: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+                error: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "tokenizer.json not found",
+                ),
             });
         }
         let inner = tokenizers::Tokenizer::from_file(&path)
@@ -114,15 +119,22 @@ impl Tokenizer {
             .get("pad_token_id")
             .and_then(|v| v.as_i64())
             .or_else(|| pad_token.as_deref().and_then(|t| inner.token_to_id(t)).map(i64::from));
-        Ok(Tokenizer { inner, path, chat_template, bos_token, eos_token, eos_token_ids, pad_token_id })
+        Ok(Tokenizer {
+            inner,
+            path,
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_token_ids,
+            pad_token_id,
+        })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| PolicyError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| {
+            PolicyError::Tokenizer { path: self.path.clone(), message: e.to_string() }
+        })?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
@@ -170,9 +182,16 @@ impl Tokenizer {
     /// Renders `messages` with the checkpoint's chat template, as transformers'
     /// `apply_chat_template(..., tokenize=False)` does (Jinja with `trim_blocks` and
     /// `lstrip_blocks`, Python string methods, `raise_exception`).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
-            PolicyError::Template(format!("{}: the checkpoint has no chat template", self.path.display()))
+            PolicyError::Template(format!(
+                "{}: the checkpoint has no chat template",
+                self.path.display()
+            ))
         })?;
         render_chat_template(
             template,
@@ -196,9 +215,12 @@ pub fn render_chat_template(
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        },
+    );
     env.add_template("chat", template).map_err(|e| PolicyError::Template(format!("{e:#}")))?;
     let tmpl = env.get_template("chat").map_err(|e| PolicyError::Template(format!("{e:#}")))?;
     tmpl.render(minijinja::context! {

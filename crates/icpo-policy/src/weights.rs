@@ -28,13 +28,12 @@ fn tensor_files(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<String>>> {
         });
     }
     let json: serde_json::Value = read_json(&index)?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-        PolicyError::Config {
+    let map =
+        json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| PolicyError::Config {
             path: index.clone(),
             field: "weight_map".into(),
             message: "missing or not an object".into(),
-        }
-    })?;
+        })?;
     let mut files: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     for (name, file) in map {
         let file = file.as_str().ok_or_else(|| PolicyError::Config {
@@ -73,13 +72,20 @@ pub fn load_safetensors(dir: &Path, targets: &HashMap<String, Tensor>) -> Result
         })?;
         for (name, view) in st.tensors() {
             let Some(target) = targets.get(&name) else { continue };
-            let err = |message: String| PolicyError::Tensor { file: path.clone(), name: name.clone(), message };
-            let kind = kind_of(view.dtype())
-                .ok_or_else(|| err(format!("unsupported dtype {:?} (valid: F32, BF16, F16)", view.dtype())))?;
+            let err = |message: String| PolicyError::Tensor {
+                file: path.clone(),
+                name: name.clone(),
+                message,
+            };
+            let kind = kind_of(view.dtype()).ok_or_else(|| {
+                err(format!("unsupported dtype {:?} (valid: F32, BF16, F16)", view.dtype()))
+            })?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let want = target.size();
             if shape != want {
-                return Err(err(format!("shape {shape:?} in the file, the model expects {want:?}")));
+                return Err(err(format!(
+                    "shape {shape:?} in the file, the model expects {want:?}"
+                )));
             }
             let src = Tensor::f_from_data_size(view.data(), &shape, kind)
                 .map_err(|e| err(e.to_string()))?;
@@ -96,11 +102,16 @@ pub fn load_safetensors(dir: &Path, targets: &HashMap<String, Tensor>) -> Result
         let mut missing: Vec<&String> = targets.keys().filter(|k| !seen.contains(*k)).collect();
         missing.sort();
         let where_ = files.keys().next().cloned().unwrap_or_else(|| dir.to_path_buf());
-        let where_ = if files.len() > 1 { dir.join("model.safetensors.index.json") } else { where_ };
+        let where_ =
+            if files.len() > 1 { dir.join("model.safetensors.index.json") } else { where_ };
         return Err(PolicyError::Tensor {
             file: where_,
             name: missing[0].clone(),
-            message: format!("missing from the checkpoint ({} missing in all: {:?})", missing.len(), missing),
+            message: format!(
+                "missing from the checkpoint ({} missing in all: {:?})",
+                missing.len(),
+                missing
+            ),
         });
     }
     Ok(())
@@ -141,13 +152,21 @@ fn to_raw(t: &Tensor) -> Result<Raw> {
     let numel = t.numel();
     let mut data = vec![0u8; numel * t.f_kind()?.elt_size_in_bytes()];
     t.f_copy_data_u8(&mut data, numel)?;
-    Ok(Raw { dtype: st_dtype(t.f_kind()?)?, shape: t.size().iter().map(|&d| d as usize).collect(), data })
+    Ok(Raw {
+        dtype: st_dtype(t.f_kind()?)?,
+        shape: t.size().iter().map(|&d| d as usize).collect(),
+        data,
+    })
 }
 
 /// Writes `tensors` as `model.safetensors` in `dir` (with `{"format": "pt"}` metadata, as
 /// transformers writes), or as shards plus `model.safetensors.index.json` when larger than
 /// `max_shard_bytes`. Each file is written atomically.
-pub fn save_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_bytes: usize) -> Result<()> {
+pub fn save_safetensors(
+    dir: &Path,
+    tensors: &[(String, Tensor)],
+    max_shard_bytes: usize,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut shards: Vec<Vec<(String, Raw)>> = vec![Vec::new()];
     let mut size = 0usize;
@@ -175,10 +194,8 @@ pub fn save_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_byte
         };
         let path = dir.join(&file);
         let views: Vec<(&str, &Raw)> = shard.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let bytes = safetensors::serialize(views, meta.clone()).map_err(|e| PolicyError::Tensor {
-            file: path.clone(),
-            name: "(all)".into(),
-            message: e.to_string(),
+        let bytes = safetensors::serialize(views, meta.clone()).map_err(|e| {
+            PolicyError::Tensor { file: path.clone(), name: "(all)".into(), message: e.to_string() }
         })?;
         write_atomic(&path, &bytes)?;
         for (name, _) in shard {
@@ -186,9 +203,11 @@ pub fn save_safetensors(dir: &Path, tensors: &[(String, Tensor)], max_shard_byte
         }
     }
     if n > 1 {
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         let path = dir.join("model.safetensors.index.json");
-        let text = serde_json::to_string_pretty(&index).map_err(|error| PolicyError::Json { path: path.clone(), error })?;
+        let text = serde_json::to_string_pretty(&index)
+            .map_err(|error| PolicyError::Json { path: path.clone(), error })?;
         write_atomic(&path, text.as_bytes())?;
     }
     Ok(())

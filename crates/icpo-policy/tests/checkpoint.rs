@@ -1,6 +1,8 @@
 //! Checkpoint I/O: what icpo-policy saves loads in transformers with the same logits; bad files
 //! are errors naming the file and the tensor; dtypes convert.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,7 +53,8 @@ fn saved_checkpoints_load_in_transformers() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
-        let line = String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string();
+        let line =
+            String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or_default().to_string();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let d = v["max_abs_diff"].as_f64().unwrap();
         assert!(d <= 1e-4, "{name}: transformers on our save: max |Δlogit| = {d:e}");
@@ -68,7 +71,12 @@ fn missing_tensor_is_named() {
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&refs, dir.join("model.safetensors")).unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("model.layers.1.self_attn.k_proj.bias") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("model.layers.1.self_attn.k_proj.bias")
+            && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -103,9 +111,13 @@ fn malformed_files_are_named() {
     std::fs::write(dir.join("model.safetensors"), b"not a safetensors file").unwrap();
     let e = load_err(&dir);
     assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
-    std::fs::write(dir.join("config.json"), "{\"model_type\": \"qwen3\",\n \"hidden_size\": }").unwrap();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"qwen3\",\n \"hidden_size\": }")
+        .unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("config.json") && e.contains("malformed JSON") && e.contains("line 2"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("malformed JSON") && e.contains("line 2"),
+        "{e}"
+    );
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     std::fs::copy(testdata("tiny-qwen3/config.json"), dir.join("config.json")).unwrap();
     let e = load_err(&dir);
@@ -119,24 +131,34 @@ fn malformed_files_are_named() {
 
 #[test]
 fn bf16_and_f16_weights_stay_close_to_f32() {
-    let g: Vec<(String, Tensor)> = Tensor::read_safetensors(testdata("tiny-qwen3/golden.safetensors")).unwrap();
+    let g: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(testdata("tiny-qwen3/golden.safetensors")).unwrap();
     let get = |k: &str| g.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
     let ids = get("single_ids").unsqueeze(0);
     for dtype in [DType::BF16, DType::F16] {
-        let model = CausalLm::load(testdata("tiny-qwen3"), LoadOptions { dtype, ..Default::default() }).unwrap();
+        let model =
+            CausalLm::load(testdata("tiny-qwen3"), LoadOptions { dtype, ..Default::default() })
+                .unwrap();
         assert_eq!(model.named_weights()["model.norm.weight"].kind(), dtype.kind());
-        let logits = tch::no_grad(|| model.forward(&ids, None)).unwrap().squeeze_dim(0).to_kind(Kind::Float);
+        let logits =
+            tch::no_grad(|| model.forward(&ids, None)).unwrap().squeeze_dim(0).to_kind(Kind::Float);
         let want = get("single_logits");
         // Half precision: errors of a few percent of the logit scale, not garbage.
         let d = (&logits - &want).abs().max().double_value(&[]);
         let scale = want.abs().max().double_value(&[]);
         assert!(d < 0.05 * scale, "{dtype:?}: max |Δ| {d} vs scale {scale}");
-        let agree = logits.argmax(-1, false).eq_tensor(&want.argmax(-1, false)).to_kind(Kind::Float).mean(Kind::Float);
+        let agree = logits
+            .argmax(-1, false)
+            .eq_tensor(&want.argmax(-1, false))
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
         assert!(agree.double_value(&[]) >= 0.85, "{dtype:?}: argmax agreement");
         // Saving keeps the dtype, in the file and in config.json.
         let out = tmp(&format!("save-{dtype:?}"));
         model.save_pretrained(&out).unwrap();
-        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(cfg["dtype"], dtype.hf_name());
         let saved = Tensor::read_safetensors(out.join("model.safetensors")).unwrap();
         assert!(saved.iter().all(|(_, t)| t.kind() == dtype.kind()));

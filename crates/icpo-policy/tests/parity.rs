@@ -2,6 +2,8 @@
 //! and the reference logits beside them): full forward, left-padded batch, KV-cache decoding,
 //! response log-probs, and a save → reload round trip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -60,7 +62,8 @@ fn left_padded_batch_matches_transformers() {
     for name in MODELS {
         let g = golden(name);
         let model = load(name);
-        let logits = tch::no_grad(|| model.forward(&g["batch_ids"], Some(&g["batch_mask"]))).unwrap();
+        let logits =
+            tch::no_grad(|| model.forward(&g["batch_ids"], Some(&g["batch_mask"]))).unwrap();
         check_valid_positions(name, &logits, &g, "padded batch");
         // The padded batch's real positions also equal the unpadded single-row forward.
         let row = g["batch_ids"].get(0).unsqueeze(0);
@@ -83,11 +86,13 @@ fn kv_cache_decoding_matches_transformers() {
             // Small capacity on purpose: the cache must grow during decoding.
             let (last, mut cache) =
                 model.prefill(&ids.narrow(1, 0, prefix), &mask.narrow(1, 0, prefix), 5).unwrap();
-            let full = model.forward(&ids.narrow(1, 0, prefix), Some(&mask.narrow(1, 0, prefix))).unwrap();
+            let full =
+                model.forward(&ids.narrow(1, 0, prefix), Some(&mask.narrow(1, 0, prefix))).unwrap();
             assert!(max_abs_diff(&last, &full.select(1, prefix - 1)) <= TOL);
             out.push(full);
             for j in prefix..t {
-                let step = model.decode(&ids.narrow(1, j, 1), &mask.narrow(1, j, 1), &mut cache).unwrap();
+                let step =
+                    model.decode(&ids.narrow(1, j, 1), &mask.narrow(1, j, 1), &mut cache).unwrap();
                 out.push(step);
             }
             assert_eq!(cache.len(), t);
@@ -110,7 +115,9 @@ fn cache_rows_can_be_repeated_and_selected() {
         // Keep the copies of rows 1 and 0, in that order (rows 2 and 1 of the repeated cache).
         cache.select(&Tensor::from_slice(&[2i64, 1])).unwrap();
         let next = Tensor::stack(&[ids.get(1).narrow(0, 6, 1), ids.get(0).narrow(0, 6, 1)], 0);
-        let step = model.decode(&next, &Tensor::ones([2, 1], (Kind::Int64, tch::Device::Cpu)), &mut cache).unwrap();
+        let step = model
+            .decode(&next, &Tensor::ones([2, 1], (Kind::Int64, tch::Device::Cpu)), &mut cache)
+            .unwrap();
         for (k, row) in [(0, 1), (1, 0)] {
             let d = max_abs_diff(&step.get(k).get(0), &g["batch_logits"].get(row).get(6));
             assert!(d <= TOL, "row {row}: {d:e}");
@@ -124,7 +131,13 @@ fn response_logprobs_match_transformers() {
         let g = golden(name);
         let model = load(name);
         let out = model
-            .response_logprobs(&g["resp_prompt_ids"], &g["resp_prompt_mask"], &g["resp_ids"], &g["resp_mask"], true)
+            .response_logprobs(
+                &g["resp_prompt_ids"],
+                &g["resp_prompt_mask"],
+                &g["resp_ids"],
+                &g["resp_mask"],
+                true,
+            )
             .unwrap();
         let d = max_abs_diff(&out.logprobs, &g["resp_logprobs"]);
         assert!(d <= TOL, "{name}: log-probs max |Δ| = {d:e}");
@@ -138,7 +151,13 @@ fn response_logprobs_are_differentiable() {
     let g = golden("tiny-qwen3");
     let model = load("tiny-qwen3");
     let out = model
-        .response_logprobs(&g["resp_prompt_ids"], &g["resp_prompt_mask"], &g["resp_ids"], &g["resp_mask"], false)
+        .response_logprobs(
+            &g["resp_prompt_ids"],
+            &g["resp_prompt_mask"],
+            &g["resp_ids"],
+            &g["resp_mask"],
+            false,
+        )
         .unwrap();
     out.logprobs.sum(Kind::Float).backward();
     let embed = &model.named_weights()["model.embed_tokens.weight"];
@@ -153,17 +172,22 @@ fn save_then_reload_gives_the_same_logits() {
         let out = tempdir(name);
         model.save_pretrained(&out).unwrap();
         let reloaded = CausalLm::load(&out, LoadOptions::default()).unwrap();
-        let logits = tch::no_grad(|| reloaded.forward(&g["single_ids"].unsqueeze(0), None)).unwrap();
+        let logits =
+            tch::no_grad(|| reloaded.forward(&g["single_ids"].unsqueeze(0), None)).unwrap();
         assert!(max_abs_diff(&logits.squeeze_dim(0), &g["single_logits"]) <= TOL, "{name}");
         let tied = model.config().tie_word_embeddings;
         let saved: HashMap<String, Tensor> =
             Tensor::read_safetensors(out.join("model.safetensors")).unwrap().into_iter().collect();
-        assert_eq!(saved.contains_key("lm_head.weight"), !tied, "{name}: lm_head written iff untied");
+        assert_eq!(
+            saved.contains_key("lm_head.weight"),
+            !tied,
+            "{name}: lm_head written iff untied"
+        );
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
 
-pub fn tempdir(tag: &str) -> PathBuf {
+fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("icpo-policy-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d

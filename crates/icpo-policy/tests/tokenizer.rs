@@ -1,6 +1,8 @@
 //! The tokenizer and chat template against transformers' output (testdata/tokenizer_golden.json,
 //! written by testdata/make_tiny_models.py), and the special ids read from the checkpoint files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::path::PathBuf;
 
 use icpo_policy::{ChatMessage, Tokenizer};
@@ -10,7 +12,8 @@ fn testdata(name: &str) -> PathBuf {
 }
 
 fn golden() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(testdata("tokenizer_golden.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(testdata("tokenizer_golden.json")).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -21,7 +24,8 @@ fn encodings_match_transformers() {
     assert!(cases.len() >= 4);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<i64> = case["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let want: Vec<i64> =
+            case["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(tok.encode(text, true).unwrap(), want, "{text:?}");
         assert_eq!(tok.decode(&want, false).unwrap(), text, "round trip of {text:?}");
     }
@@ -34,7 +38,8 @@ fn qwen3_chat_template_matches_transformers() {
     for dir in ["tiny-qwen3", "tiny-qwen2"] {
         let tok = Tokenizer::from_dir(testdata(dir)).unwrap();
         for case in golden()["chat"].as_array().unwrap() {
-            let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let messages: Vec<ChatMessage> =
+                serde_json::from_value(case["messages"].clone()).unwrap();
             let agp = case["add_generation_prompt"].as_bool().unwrap();
             let text = tok.apply_chat_template(&messages, agp).unwrap();
             assert_eq!(text, case["text"].as_str().unwrap(), "{dir}: {messages:?} agp={agp}");

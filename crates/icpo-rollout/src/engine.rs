@@ -120,7 +120,11 @@ pub fn generate<M: DecodeModel>(
     let params = request.params;
     params.validate()?;
     if request.n == 0 {
-        return Err(RolloutError::Setting { field: "n", value: "0".into(), message: "must be ≥ 1" });
+        return Err(RolloutError::Setting {
+            field: "n",
+            value: "0".into(),
+            message: "must be ≥ 1",
+        });
     }
     if !params.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(RolloutError::Input("stop_strings need a tokenizer to decode with".into()));
@@ -136,7 +140,9 @@ pub fn generate<M: DecodeModel>(
         let mut max_len = request.prompts[start].len();
         while end < request.prompts.len() {
             let len = max_len.max(request.prompts[end].len());
-            if (end + 1 - start) * request.n * (len + params.max_new_tokens) > config.max_tokens_in_flight {
+            if (end + 1 - start) * request.n * (len + params.max_new_tokens)
+                > config.max_tokens_in_flight
+            {
                 break;
             }
             max_len = len;
@@ -203,7 +209,9 @@ fn generate_chunk<M: DecodeModel>(
                 Some(FinishReason::Eos)
             } else if params.stop_token_ids.contains(&d.token) {
                 Some(FinishReason::StopToken)
-            } else if max_stop > 0 && hits_stop_string(o, &params.stop_strings, max_stop, tokenizer)? {
+            } else if max_stop > 0
+                && hits_stop_string(o, &params.stop_strings, max_stop, tokenizer)?
+            {
                 Some(FinishReason::StopString)
             } else if o.tokens.len() >= params.max_new_tokens {
                 Some(FinishReason::Length)
@@ -234,19 +242,26 @@ fn generate_chunk<M: DecodeModel>(
             break;
         }
         if keep.len() < logits.size()[0] as usize {
-            let index = Tensor::f_from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>())?.f_to_device(device)?;
+            let index = Tensor::f_from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>())?
+                .f_to_device(device)?;
             model.select_rows(&mut cache, &index)?;
         }
         rows = kept_rows;
         rngs = kept_rngs;
-        let tokens = Tensor::f_from_slice(&next)?.f_view([next.len() as i64, 1])?.f_to_device(device)?;
+        let tokens =
+            Tensor::f_from_slice(&next)?.f_view([next.len() as i64, 1])?.f_to_device(device)?;
         logits = model.step(&tokens, &mut cache)?.f_to_kind(Kind::Float)?;
     }
     done.sort_by_key(|r| (r.prompt_index, r.sample_index));
     Ok(done)
 }
 
-fn hits_stop_string(o: &Rollout, stops: &[String], max_stop: usize, tokenizer: Option<&Tokenizer>) -> Result<bool> {
+fn hits_stop_string(
+    o: &Rollout,
+    stops: &[String],
+    max_stop: usize,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<bool> {
     let Some(tok) = tokenizer else { return Ok(false) };
     // A token decodes to at least one byte, so the last `max_stop + 8` tokens cover any stop
     // string that the newest token completed.

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, RolloutError};
 
 /// The spec's instruction appended to every problem.
-pub const DEFAULT_INSTRUCTION: &str = "Let's think step by step and output the final answer within \\boxed{}.";
+pub const DEFAULT_INSTRUCTION: &str =
+    "Let's think step by step and output the final answer within \\boxed{}.";
 
 /// How a problem becomes prompt text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -51,18 +52,27 @@ impl DemoPool {
     /// without them, or not JSON, is an error naming the file and line. Blank lines are skipped.
     pub fn from_jsonl(path: impl AsRef<Path>) -> Result<Self> {
         let path: PathBuf = path.as_ref().into();
-        let text = std::fs::read_to_string(&path).map_err(|error| RolloutError::Io { path: path.clone(), error })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| RolloutError::Io { path: path.clone(), error })?;
         let mut demos = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let err = |message: String| RolloutError::Data { path: path.clone(), line: i + 1, message };
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
+            let err =
+                |message: String| RolloutError::Data { path: path.clone(), line: i + 1, message };
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
             let field = |name: &str| -> Result<String> {
-                v.get(name).and_then(|x| x.as_str()).map(str::to_owned).ok_or_else(|| err(format!("missing string field `{name}`")))
+                v.get(name)
+                    .and_then(|x| x.as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| err(format!("missing string field `{name}`")))
             };
-            let id = v.get("id").and_then(|x| x.as_str()).map_or_else(|| format!("line {}", i + 1), str::to_owned);
+            let id = v
+                .get("id")
+                .and_then(|x| x.as_str())
+                .map_or_else(|| format!("line {}", i + 1), str::to_owned);
             demos.push(Demo { id, problem: field("problem")?, solution: field("solution")? });
         }
         if demos.is_empty() {
@@ -83,7 +93,8 @@ impl DemoPool {
 
     /// Draws `k` distinct demonstrations uniformly, never one whose problem is `query` itself.
     pub fn draw<R: Rng + ?Sized>(&self, k: usize, query: &str, rng: &mut R) -> Result<Vec<&Demo>> {
-        let eligible: Vec<&Demo> = self.demos.iter().filter(|d| d.problem.trim() != query.trim()).collect();
+        let eligible: Vec<&Demo> =
+            self.demos.iter().filter(|d| d.problem.trim() != query.trim()).collect();
         if eligible.len() < k {
             return Err(RolloutError::Input(format!(
                 "demo pool has {} eligible demonstrations, {k} requested",
@@ -112,12 +123,19 @@ const CUT_MARKER: &str = "\n...\n";
 impl<'a> PromptBuilder<'a> {
     /// A builder with the default instruction, the chat template and a 4,096-token budget.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        PromptBuilder { tokenizer, template: PromptTemplate::Chat, instruction: DEFAULT_INSTRUCTION.into(), max_prompt_tokens: 4096 }
+        PromptBuilder {
+            tokenizer,
+            template: PromptTemplate::Chat,
+            instruction: DEFAULT_INSTRUCTION.into(),
+            max_prompt_tokens: 4096,
+        }
     }
 
     fn render(&self, content: &str) -> Result<String> {
         match self.template {
-            PromptTemplate::Chat => Ok(self.tokenizer.apply_chat_template(&[ChatMessage::new("user", content)], true)?),
+            PromptTemplate::Chat => Ok(self
+                .tokenizer
+                .apply_chat_template(&[ChatMessage::new("user", content)], true)?),
             PromptTemplate::Raw => Ok(format!("Question:\n{content}\n\nAnswer:\n")),
         }
     }
@@ -163,9 +181,9 @@ impl<'a> PromptBuilder<'a> {
         }
         // Tokenize around the demonstrations and cut inside them.
         let shell = self.render(&format!("{SENTINEL}{query}"))?;
-        let (before, after) = shell
-            .split_once(SENTINEL)
-            .ok_or_else(|| RolloutError::Input("the chat template dropped the message content".into()))?;
+        let (before, after) = shell.split_once(SENTINEL).ok_or_else(|| {
+            RolloutError::Input("the chat template dropped the message content".into())
+        })?;
         let before = self.tokenizer.encode(before, false)?;
         let after = self.tokenizer.encode(after, false)?;
         let demo = self.tokenizer.encode(&Self::demo_block(demos), false)?;

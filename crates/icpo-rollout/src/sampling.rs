@@ -56,7 +56,8 @@ impl SamplingParams {
 
     /// Checks every field; the error names it.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: String, message| Err(RolloutError::Setting { field, value, message });
+        let bad =
+            |field, value: String, message| Err(RolloutError::Setting { field, value, message });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad("temperature", self.temperature.to_string(), "must be finite and ≥ 0");
         }
@@ -96,7 +97,8 @@ pub fn sampling_logprobs(logits: &Tensor, params: &SamplingParams) -> Result<Ten
     if params.min_p > 0.0 {
         let probs = scores.f_softmax(-1, Kind::Float)?;
         let (pmax, _) = probs.f_max_dim(-1, true)?;
-        scores = scores.f_masked_fill(&probs.f_lt_tensor(&pmax.f_mul_scalar(params.min_p)?)?, neg_inf)?;
+        scores = scores
+            .f_masked_fill(&probs.f_lt_tensor(&pmax.f_mul_scalar(params.min_p)?)?, neg_inf)?;
     }
     Ok(scores.f_log_softmax(-1, Kind::Float)?)
 }
@@ -115,7 +117,11 @@ pub struct Draw {
 /// Chooses one token for each row of `logits (batch, vocab)`, drawing row `i`'s uniform number
 /// from `rngs[i]` (inverse-CDF sampling), so that a sequence's draws depend only on its own
 /// generator whatever else is in the batch.
-pub fn sample(logits: &Tensor, params: &SamplingParams, rngs: &mut [ChaCha8Rng]) -> Result<Vec<Draw>> {
+pub fn sample(
+    logits: &Tensor,
+    params: &SamplingParams,
+    rngs: &mut [ChaCha8Rng],
+) -> Result<Vec<Draw>> {
     let size = logits.size();
     if size.len() != 2 || size[0] as usize != rngs.len() {
         return Err(RolloutError::Input(format!(
@@ -134,8 +140,12 @@ pub fn sample(logits: &Tensor, params: &SamplingParams, rngs: &mut [ChaCha8Rng])
         let u: Vec<f32> = rngs.iter_mut().map(|r| r.gen::<f32>()).collect();
         // Scale by the total so rounding in the cumsum never pushes u past the end.
         let total = cdf.f_narrow(1, size[1] - 1, 1)?;
-        let u = Tensor::from_slice(&u).f_to_device(logits.device())?.f_unsqueeze(1)?.f_mul(&total)?;
-        let t = u.f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?.f_squeeze_dim(1)?.f_clamp_max(size[1] - 1)?;
+        let u =
+            Tensor::from_slice(&u).f_to_device(logits.device())?.f_unsqueeze(1)?.f_mul(&total)?;
+        let t = u
+            .f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?
+            .f_squeeze_dim(1)?
+            .f_clamp_max(size[1] - 1)?;
         let chosen = lp.f_gather(1, &t.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
         (t, chosen)
     };
@@ -143,5 +153,10 @@ pub fn sample(logits: &Tensor, params: &SamplingParams, rngs: &mut [ChaCha8Rng])
     let tokens = Vec::<i64>::try_from(&tokens.f_to_device(tch::Device::Cpu)?)?;
     let s = Vec::<f32>::try_from(&sampling_lp.f_to_device(tch::Device::Cpu)?)?;
     let p = Vec::<f32>::try_from(&policy.f_to_device(tch::Device::Cpu)?)?;
-    Ok(tokens.into_iter().zip(s).zip(p).map(|((token, s), p)| Draw { token, sampling_logprob: s, policy_logprob: p }).collect())
+    Ok(tokens
+        .into_iter()
+        .zip(s)
+        .zip(p)
+        .map(|((token, s), p)| Draw { token, sampling_logprob: s, policy_logprob: p })
+        .collect())
 }

@@ -1,12 +1,15 @@
 //! The engine with a mock policy whose logits are fixed by the last token (greedy always picks
 //! `last + 1`): stopping, lengths, batching, seeds, and what reaches the model for IEF prompts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::cell::RefCell;
 use std::path::PathBuf;
 
 use icpo_policy::Tokenizer;
 use icpo_rollout::{
-    generate, DecodeModel, Demo, DemoPool, EngineConfig, FinishReason, PromptBuilder, Request, Result, SamplingParams,
+    generate, DecodeModel, Demo, DemoPool, EngineConfig, FinishReason, PromptBuilder, Request,
+    Result, SamplingParams,
 };
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
@@ -41,7 +44,9 @@ impl DecodeModel for Mock {
         let ids: Vec<Vec<i64>> = Vec::try_from(ids).unwrap();
         let mask: Vec<Vec<i64>> = Vec::try_from(mask).unwrap();
         for (r, m) in ids.iter().zip(&mask) {
-            self.prefills.borrow_mut().push(r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect());
+            self.prefills
+                .borrow_mut()
+                .push(r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect());
         }
         let last: Vec<i64> = ids.iter().map(|r| *r.last().unwrap()).collect();
         Ok((logits_after(&last), last))
@@ -65,11 +70,20 @@ impl DecodeModel for Mock {
 }
 
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3")).unwrap()
+    Tokenizer::from_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3"))
+        .unwrap()
 }
 
-fn run(prompts: &[Vec<i64>], n: usize, params: &SamplingParams, eos: &[i64], seed: u64, cfg: &EngineConfig) -> Vec<icpo_rollout::Rollout> {
-    generate(&Mock::default(), &Request { prompts, n, params, eos_token_ids: eos, seed }, None, cfg).unwrap()
+fn run(
+    prompts: &[Vec<i64>],
+    n: usize,
+    params: &SamplingParams,
+    eos: &[i64],
+    seed: u64,
+    cfg: &EngineConfig,
+) -> Vec<icpo_rollout::Rollout> {
+    generate(&Mock::default(), &Request { prompts, n, params, eos_token_ids: eos, seed }, None, cfg)
+        .unwrap()
 }
 
 #[test]
@@ -106,7 +120,13 @@ fn finished_rows_stop_costing_steps() {
     let mock = Mock::default();
     let prompts = vec![vec![5], vec![50]];
     let params = SamplingParams::greedy(10);
-    generate(&mock, &Request { prompts: &prompts, n: 1, params: &params, eos_token_ids: &[7], seed: 0 }, None, &EngineConfig::default()).unwrap();
+    generate(
+        &mock,
+        &Request { prompts: &prompts, n: 1, params: &params, eos_token_ids: &[7], seed: 0 },
+        None,
+        &EngineConfig::default(),
+    )
+    .unwrap();
     // Row 0 stops after 2 tokens; row 1 runs 10: 9 decode steps in all, each asserting the
     // cache and the batch agree in size.
     assert_eq!(*mock.steps.borrow(), 9);
@@ -120,7 +140,13 @@ fn stop_strings_use_the_decoded_text() {
     let produced: Vec<i64> = (first + 1..first + 6).collect();
     let text = tok.decode(&produced[2..4], false).unwrap();
     let params = SamplingParams { stop_strings: vec![text], ..SamplingParams::greedy(20) };
-    let out = generate(&Mock::default(), &Request { prompts: &[vec![first]], n: 1, params: &params, eos_token_ids: &[], seed: 0 }, Some(&tok), &EngineConfig::default()).unwrap();
+    let out = generate(
+        &Mock::default(),
+        &Request { prompts: &[vec![first]], n: 1, params: &params, eos_token_ids: &[], seed: 0 },
+        Some(&tok),
+        &EngineConfig::default(),
+    )
+    .unwrap();
     assert_eq!(out[0].finish_reason, FinishReason::StopString);
     assert_eq!(out[0].tokens, produced[..4].to_vec());
 }
@@ -133,17 +159,32 @@ fn seeds_reproduce_and_chunking_changes_nothing() {
     let tiny = EngineConfig { max_tokens_in_flight: 1 };
     let a = run(&prompts, 3, &params, &[], 42, &big);
     assert_eq!(a, run(&prompts, 3, &params, &[], 42, &big));
-    assert_eq!(a, run(&prompts, 3, &params, &[], 42, &tiny), "one prompt per chunk gives the same samples");
+    assert_eq!(
+        a,
+        run(&prompts, 3, &params, &[], 42, &tiny),
+        "one prompt per chunk gives the same samples"
+    );
     assert_ne!(a, run(&prompts, 3, &params, &[], 43, &big));
     // The samples of a group differ (each has its own stream).
-    assert!(a.iter().filter(|r| r.prompt_index == 0).map(|r| r.tokens.clone()).collect::<std::collections::HashSet<_>>().len() > 1);
+    assert!(
+        a.iter()
+            .filter(|r| r.prompt_index == 0)
+            .map(|r| r.tokens.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1
+    );
 }
 
 #[test]
 fn ief_prompt_tokens_reach_the_model() {
     let tok = tokenizer();
     let pool = DemoPool::new(vec![
-        Demo { id: "d0".into(), problem: "What is 7 times 6?".into(), solution: "7 times 6 is \\boxed{42}.".into() },
+        Demo {
+            id: "d0".into(),
+            problem: "What is 7 times 6?".into(),
+            solution: "7 times 6 is \\boxed{42}.".into(),
+        },
         Demo { id: "q".into(), problem: "What is 3 + 4?".into(), solution: "7".into() },
     ]);
     let query = "What is 3 + 4?";
@@ -155,41 +196,77 @@ fn ief_prompt_tokens_reach_the_model() {
     let plain = builder.plain(query).unwrap();
     let mock = Mock::default();
     let params = SamplingParams::greedy(2);
-    generate(&mock, &Request { prompts: &[plain.clone(), ief.clone()], n: 1, params: &params, eos_token_ids: &[], seed: 0 }, None, &EngineConfig::default()).unwrap();
+    generate(
+        &mock,
+        &Request {
+            prompts: &[plain.clone(), ief.clone()],
+            n: 1,
+            params: &params,
+            eos_token_ids: &[],
+            seed: 0,
+        },
+        None,
+        &EngineConfig::default(),
+    )
+    .unwrap();
     let seen = mock.prefills.borrow();
     assert_eq!(seen[0], plain);
     assert_eq!(seen[1], ief, "the steered prompt, not the plain one, is what the sampler sees");
     let text = tok.decode(&seen[1], false).unwrap();
-    assert!(text.contains("What is 7 times 6?") && text.contains("7 times 6 is \\boxed{42}."), "{text}");
-    assert!(text.find("7 times 6").unwrap() < text.find(query).unwrap(), "demonstration before the query");
+    assert!(
+        text.contains("What is 7 times 6?") && text.contains("7 times 6 is \\boxed{42}."),
+        "{text}"
+    );
+    assert!(
+        text.find("7 times 6").unwrap() < text.find(query).unwrap(),
+        "demonstration before the query"
+    );
     let demo_ids = tok.encode("7 times 6 is \\boxed{42}.", false).unwrap();
-    assert!(seen[1].windows(demo_ids.len()).any(|w| w == demo_ids.as_slice()), "demonstration tokens present");
+    assert!(
+        seen[1].windows(demo_ids.len()).any(|w| w == demo_ids.as_slice()),
+        "demonstration tokens present"
+    );
 }
 
 #[test]
 fn long_ief_prompts_are_cut_in_the_demonstrations() {
     let tok = tokenizer();
     let long = "step ".repeat(400);
-    let demo = Demo { id: "d".into(), problem: "Long problem start".into(), solution: format!("{long} so \\boxed{{1}} end") };
+    let demo = Demo {
+        id: "d".into(),
+        problem: "Long problem start".into(),
+        solution: format!("{long} so \\boxed{{1}} end"),
+    };
     let mut builder = PromptBuilder::new(&tok);
     builder.max_prompt_tokens = 260;
     let ids = builder.in_context("What is 3 + 4?", &[&demo]).unwrap();
     assert_eq!(ids.len(), 260);
     let text = tok.decode(&ids, false).unwrap();
-    assert!(text.contains("\n...\n") && text.contains("Long problem start") && text.contains("end"), "{text}");
-    assert!(text.contains("What is 3 + 4?") && text.ends_with("<|im_start|>assistant\n"), "query and template intact: {text}");
+    assert!(
+        text.contains("\n...\n") && text.contains("Long problem start") && text.contains("end"),
+        "{text}"
+    );
+    assert!(
+        text.contains("What is 3 + 4?") && text.ends_with("<|im_start|>assistant\n"),
+        "query and template intact: {text}"
+    );
     builder.max_prompt_tokens = 10;
     assert!(builder.in_context("What is 3 + 4?", &[&demo]).is_err());
 }
 
 #[test]
 fn demo_pool_reads_math_train_and_names_bad_lines() {
-    let pool = DemoPool::from_jsonl(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/train/math_train.jsonl")).unwrap();
+    let pool = DemoPool::from_jsonl(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/data/train/math_train.jsonl"),
+    )
+    .unwrap();
     assert_eq!(pool.len(), 7500);
     let dir = std::env::temp_dir().join(format!("icpo-demos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.jsonl");
-    std::fs::write(&bad, "{\"problem\": \"a\", \"solution\": \"b\"}\n\n{\"problem\": \"c\"}\n").unwrap();
+    std::fs::write(&bad, "{\"problem\": \"a\", \"solution\": \"b\"}\n\n{\"problem\": \"c\"}\n")
+        .unwrap();
     let e = DemoPool::from_jsonl(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:3") && e.contains("solution"), "{e}");
 }

@@ -1,6 +1,8 @@
 //! The engine on a tiny real checkpoint: KV-cache generation equals greedy decoding by repeated
 //! full forward passes, and the returned log-probs equal a separate forward pass's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use std::path::PathBuf;
 
 use icpo_policy::{CausalLm, LoadOptions};
@@ -8,7 +10,11 @@ use icpo_rollout::{generate, EngineConfig, Request, SamplingParams};
 use tch::{Kind, Tensor};
 
 fn model() -> CausalLm {
-    CausalLm::load(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3"), LoadOptions::default()).unwrap()
+    CausalLm::load(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3"),
+        LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn prompts() -> Vec<Vec<i64>> {
@@ -20,7 +26,13 @@ fn kv_cache_greedy_equals_repeated_full_forward() {
     let model = model();
     let params = SamplingParams { stop_on_eos: false, ..SamplingParams::greedy(12) };
     let prompts = prompts();
-    let out = generate(&model, &Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[], seed: 0 }, None, &EngineConfig::default()).unwrap();
+    let out = generate(
+        &model,
+        &Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[], seed: 0 },
+        None,
+        &EngineConfig::default(),
+    )
+    .unwrap();
     for r in &out {
         // Reference: no cache, the whole sequence each step, argmax of the last position.
         let mut seq = prompts[r.prompt_index].clone();
@@ -29,7 +41,12 @@ fn kv_cache_greedy_equals_repeated_full_forward() {
             let logits = tch::no_grad(|| model.forward(&ids, None)).unwrap();
             seq.push(logits.get(0).get(seq.len() as i64 - 1).argmax(-1, false).int64_value(&[]));
         }
-        assert_eq!(r.tokens, seq[prompts[r.prompt_index].len()..].to_vec(), "prompt {}", r.prompt_index);
+        assert_eq!(
+            r.tokens,
+            seq[prompts[r.prompt_index].len()..].to_vec(),
+            "prompt {}",
+            r.prompt_index
+        );
     }
 }
 
@@ -39,9 +56,22 @@ fn returned_logprobs_equal_a_separate_forward() {
     let prompts = prompts();
     for params in [
         SamplingParams { max_new_tokens: 10, stop_on_eos: false, ..Default::default() },
-        SamplingParams { max_new_tokens: 10, temperature: 0.7, top_p: 0.9, top_k: 50, stop_on_eos: false, ..Default::default() },
+        SamplingParams {
+            max_new_tokens: 10,
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 50,
+            stop_on_eos: false,
+            ..Default::default()
+        },
     ] {
-        let out = generate(&model, &Request { prompts: &prompts, n: 3, params: &params, eos_token_ids: &[], seed: 11 }, None, &EngineConfig::default()).unwrap();
+        let out = generate(
+            &model,
+            &Request { prompts: &prompts, n: 3, params: &params, eos_token_ids: &[], seed: 11 },
+            None,
+            &EngineConfig::default(),
+        )
+        .unwrap();
         for r in &out {
             let p = &prompts[r.prompt_index];
             let lp = model
@@ -59,10 +89,17 @@ fn returned_logprobs_equal_a_separate_forward() {
             }
             if params.temperature == 1.0 && params.top_p == 1.0 {
                 for (a, b) in r.sampling_logprobs.iter().zip(&r.policy_logprobs) {
-                    assert!((a - b).abs() <= 1e-5, "untempered, unfiltered sampling equals the policy");
+                    assert!(
+                        (a - b).abs() <= 1e-5,
+                        "untempered, unfiltered sampling equals the policy"
+                    );
                 }
             } else {
-                assert!(r.sampling_logprobs.iter().zip(&r.policy_logprobs).any(|(a, b)| (a - b).abs() > 1e-3));
+                assert!(r
+                    .sampling_logprobs
+                    .iter()
+                    .zip(&r.policy_logprobs)
+                    .any(|(a, b)| (a - b).abs() > 1e-3));
             }
         }
     }

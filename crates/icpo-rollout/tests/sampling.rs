@@ -1,6 +1,8 @@
 //! Sampling frequencies against the filters' definitions (chi-square, fixed seeds), computed
 //! here independently in f64.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
 use icpo_rollout::{sample, SamplingParams};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -53,7 +55,8 @@ const CHI2_9999: [f64; 8] = [0.0, 15.14, 18.42, 21.11, 23.51, 25.74, 27.86, 29.8
 
 fn check(params: SamplingParams, seed: u64) {
     let n = 20_000usize;
-    let logits = Tensor::from_slice(&LOGITS).to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1]);
+    let logits =
+        Tensor::from_slice(&LOGITS).to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1]);
     let mut rngs: Vec<ChaCha8Rng> = (0..n)
         .map(|i| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -68,16 +71,28 @@ fn check(params: SamplingParams, seed: u64) {
         counts[d.token as usize] += 1;
         let p = want[d.token as usize];
         assert!(p > 0.0, "{params:?}: drew filtered token {}", d.token);
-        assert!((f64::from(d.sampling_logprob) - p.ln()).abs() < 1e-5, "{params:?}: sampling log-prob");
+        assert!(
+            (f64::from(d.sampling_logprob) - p.ln()).abs() < 1e-5,
+            "{params:?}: sampling log-prob"
+        );
         let z: f64 = LOGITS.iter().map(|l| l.exp()).sum();
         let policy = LOGITS[d.token as usize] - z.ln();
-        assert!((f64::from(d.policy_logprob) - policy).abs() < 1e-5, "policy log-prob is untempered, unfiltered");
+        assert!(
+            (f64::from(d.policy_logprob) - policy).abs() < 1e-5,
+            "policy log-prob is untempered, unfiltered"
+        );
     }
     let kept: Vec<usize> = (0..8).filter(|&i| want[i] > 0.0).collect();
-    let chi2: f64 = kept.iter().map(|&i| (counts[i] as f64 - n as f64 * want[i]).powi(2) / (n as f64 * want[i])).sum();
+    let chi2: f64 = kept
+        .iter()
+        .map(|&i| (counts[i] as f64 - n as f64 * want[i]).powi(2) / (n as f64 * want[i]))
+        .sum();
     let df = kept.len() - 1;
     assert!(df >= 1, "{params:?}: test needs at least two kept tokens");
-    assert!(chi2 < CHI2_9999[df], "{params:?}: chi2 = {chi2:.2} with {df} dof; counts {counts:?}, expected {want:?}");
+    assert!(
+        chi2 < CHI2_9999[df],
+        "{params:?}: chi2 = {chi2:.2} with {df} dof; counts {counts:?}, expected {want:?}"
+    );
 }
 
 #[test]
@@ -104,7 +119,16 @@ fn min_p() {
 
 #[test]
 fn combined_filters() {
-    check(SamplingParams { temperature: 1.3, top_k: 5, top_p: 0.9, min_p: 0.05, ..Default::default() }, 7);
+    check(
+        SamplingParams {
+            temperature: 1.3,
+            top_k: 5,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..Default::default()
+        },
+        7,
+    );
 }
 
 #[test]
