@@ -1,0 +1,355 @@
+//! Equivalence of two parsed answers, after Math-Verify's rules: exact rationals, numbers to a
+//! precision, symbolic expressions by evaluation at seeded random points, sets unordered,
+//! tuples ordered, intervals by ends, gold inequalities as intervals.
+
+use std::collections::BTreeSet;
+
+use num_bigint::BigInt;
+use num_rational::BigRational;
+use num_traits::{One, Signed};
+use rand::{Rng, SeedableRng};
+
+use crate::expr::{Expr, RelOp};
+use crate::VerifyConfig;
+
+/// A budget of comparison steps, so deep or huge answers end in "not equivalent".
+pub(crate) struct Budget(u32);
+
+impl Budget {
+    pub(crate) fn new(steps: u32) -> Self {
+        Budget(steps)
+    }
+    fn spend(&mut self) -> bool {
+        self.0 = self.0.saturating_sub(1);
+        self.0 > 0
+    }
+}
+
+fn is_symbol_like(e: &Expr) -> bool {
+    match e {
+        Expr::Sym(_) => true,
+        Expr::Func(_, args) => args.iter().all(is_symbol_like),
+        Expr::Tuple(xs) => xs.iter().all(is_symbol_like),
+        _ => false,
+    }
+}
+
+/// The value an answer stands for: `x = 3` → 3, `(p,q) = (1,2)` → (1,2), `x ∈ S` → S,
+/// `a ± b` → {a+b, a−b}; gold inequalities in one variable become intervals.
+pub(crate) fn canonical(e: Expr, gold: bool) -> Expr {
+    match e {
+        Expr::Rel(mut parts, ops)
+            if ops.iter().all(|o| *o == RelOp::Eq)
+                && is_symbol_like(&parts[0])
+                && parts.len() >= 2 =>
+        {
+            canonical(parts.swap_remove(1), gold)
+        }
+        Expr::Rel(parts, ops) if gold => {
+            inequality_set(&parts, &ops).unwrap_or(Expr::Rel(parts, ops))
+        }
+        Expr::In(_, set) => canonical(*set, gold),
+        Expr::PlusMinus(a, b) => Expr::List(vec![
+            Expr::Add(vec![(*a).clone(), (*b).clone()]),
+            Expr::Add(vec![*a, Expr::Neg(b)]),
+        ]),
+        Expr::List(items) => {
+            let mut flat = Vec::new();
+            for it in items {
+                match canonical(it, gold) {
+                    Expr::List(inner) => flat.extend(inner),
+                    other => flat.push(other),
+                }
+            }
+            if flat.len() == 1 {
+                flat.remove(0)
+            } else {
+                Expr::List(flat)
+            }
+        }
+        Expr::Tuple(items) => Expr::Tuple(items.into_iter().map(|x| canonical(x, gold)).collect()),
+        other => other,
+    }
+}
+
+fn neg_inf() -> Expr {
+    Expr::Neg(Box::new(Expr::Inf))
+}
+
+/// `a < x ≤ b`, `x ≥ a`, `a ≤ |x| ≤ b` as intervals.
+fn inequality_set(parts: &[Expr], ops: &[RelOp]) -> Option<Expr> {
+    let closed = |op: RelOp| matches!(op, RelOp::Le | RelOp::Ge);
+    match (parts, ops) {
+        ([a, x, b], [o1, o2]) if is_symbol_like(x) || matches!(x, Expr::Abs(_)) => {
+            let (lo, hi, lc, hc) = match (o1, o2) {
+                (RelOp::Lt | RelOp::Le, RelOp::Lt | RelOp::Le) => (a, b, closed(*o1), closed(*o2)),
+                (RelOp::Gt | RelOp::Ge, RelOp::Gt | RelOp::Ge) => (b, a, closed(*o2), closed(*o1)),
+                _ => return None,
+            };
+            if let Expr::Abs(_) = x {
+                let neg = |e: &Expr| Expr::Neg(Box::new(e.clone()));
+                return Some(Expr::Union(vec![
+                    Expr::Interval(Box::new(neg(hi)), Box::new(neg(lo)), hc, lc),
+                    Expr::Interval(Box::new(lo.clone()), Box::new(hi.clone()), lc, hc),
+                ]));
+            }
+            Some(Expr::Interval(Box::new(lo.clone()), Box::new(hi.clone()), lc, hc))
+        }
+        ([x, v], [op]) if is_symbol_like(x) => Some(match op {
+            RelOp::Lt | RelOp::Le => {
+                Expr::Interval(Box::new(neg_inf()), Box::new(v.clone()), false, closed(*op))
+            }
+            RelOp::Gt | RelOp::Ge => {
+                Expr::Interval(Box::new(v.clone()), Box::new(Expr::Inf), closed(*op), false)
+            }
+            _ => return None,
+        }),
+        _ => None,
+    }
+}
+
+fn round_to(r: &BigRational, decimals: u32) -> BigRational {
+    let scale = BigRational::from_integer(BigInt::from(10).pow(decimals));
+    let half = BigRational::new(BigInt::one(), BigInt::from(2));
+    let x = r * &scale;
+    let rounded = if x.is_negative() { -((-x) + &half).floor() } else { (x + half).floor() };
+    rounded / scale
+}
+
+fn decimals_of(e: &Expr) -> Option<u32> {
+    match e {
+        Expr::Num(_, d) => *d,
+        Expr::Neg(x) => decimals_of(x),
+        _ => None,
+    }
+}
+
+/// Scalar equivalence: exact, rounded to a written decimal, numeric, then symbolic.
+fn scalar_eq(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> bool {
+    if !budget.spend() {
+        return false;
+    }
+    if g == p {
+        return true;
+    }
+    if let (Expr::Text(a), Expr::Text(b)) = (g, p) {
+        let clean = |s: &str| s.replace([' ', '(', ')'], "").to_lowercase();
+        return clean(a) == clean(b);
+    }
+    if matches!(g, Expr::Text(_)) || matches!(p, Expr::Text(_)) {
+        return false;
+    }
+    let (eg, ep) = (g.exact(), p.exact());
+    if let (Some(a), Some(b)) = (&eg, &ep) {
+        if a == b {
+            return true;
+        }
+        // A decimal written to d places matches the other side rounded to d places.
+        for (dec_side, other, other_expr) in [(p, a, g), (g, b, p)] {
+            if let Some(d) = decimals_of(dec_side) {
+                if d >= 1 && decimals_of(other_expr).is_none() {
+                    let target = if std::ptr::eq(dec_side, p) { b } else { a };
+                    if round_to(other, d) == *target {
+                        return true;
+                    }
+                }
+            }
+        }
+        return false;
+    }
+    let mut syms = BTreeSet::new();
+    g.symbols(&mut syms);
+    let mut ps = BTreeSet::new();
+    p.symbols(&mut ps);
+    if cfg.strict && syms != ps {
+        return false;
+    }
+    syms.extend(ps);
+    let syms: Vec<String> = syms.into_iter().collect();
+    let tol = 10f64.powi(-(cfg.precision as i32));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1c90);
+    let mut agree = 0;
+    for _ in 0..16 {
+        if !budget.spend() {
+            return false;
+        }
+        let vals: Vec<f64> = syms.iter().map(|_| rng.gen_range(0.3..2.7)).collect();
+        let lookup = |name: &str| syms.iter().position(|s| s == name).map(|i| vals[i]);
+        match (g.eval(&lookup), p.eval(&lookup)) {
+            (Some(a), Some(b)) => {
+                if a.is_infinite() || b.is_infinite() {
+                    if a != b {
+                        return false;
+                    }
+                } else if (a - b).abs() > tol * a.abs().max(b.abs()).max(1.0) {
+                    // Decimal answers: compare at the written precision.
+                    let d = decimals_of(p).or(decimals_of(g));
+                    match d {
+                        Some(d)
+                            if syms.is_empty()
+                                && (a - b).abs() <= 0.5 * 10f64.powi(-(d as i32)) + 1e-12 => {}
+                        _ => return false,
+                    }
+                }
+                agree += 1;
+                if syms.is_empty() {
+                    return true;
+                }
+            }
+            (None, None) => {}
+            _ => return false,
+        }
+    }
+    agree >= 3
+}
+
+fn interval_parts(e: &Expr) -> Option<(&Expr, &Expr, bool, bool)> {
+    match e {
+        Expr::Interval(a, b, lc, hc) => Some((a, b, *lc, *hc)),
+        Expr::Tuple(xs) if xs.len() == 2 => Some((&xs[0], &xs[1], false, false)),
+        _ => None,
+    }
+}
+
+fn set_items(e: &Expr) -> Option<Vec<&Expr>> {
+    match e {
+        Expr::List(xs) | Expr::Set(xs) | Expr::Union(xs) => Some(xs.iter().collect()),
+        _ => None,
+    }
+}
+
+fn set_eq(g: &[&Expr], p: &[&Expr], cfg: &VerifyConfig, budget: &mut Budget) -> bool {
+    g.iter().all(|x| p.iter().any(|y| equiv(x, y, cfg, budget)))
+        && p.iter().all(|y| g.iter().any(|x| equiv(x, y, cfg, budget)))
+}
+
+fn matrix_value(e: &Expr) -> Option<Vec<Vec<Expr>>> {
+    match e {
+        Expr::Matrix(m) => Some(m.clone()),
+        Expr::Tuple(xs) if xs.len() == 1 => matrix_value(&xs[0]),
+        Expr::Add(xs) => {
+            let ms: Vec<Vec<Vec<Expr>>> = xs.iter().map(matrix_value).collect::<Option<_>>()?;
+            let first = ms.first()?;
+            let mut out = first.clone();
+            for m in &ms[1..] {
+                if m.len() != out.len() || m.iter().zip(&out).any(|(a, b)| a.len() != b.len()) {
+                    return None;
+                }
+                for (r, row) in out.iter_mut().enumerate() {
+                    for (c, cell) in row.iter_mut().enumerate() {
+                        *cell = Expr::Add(vec![cell.clone(), m[r][c].clone()]);
+                    }
+                }
+            }
+            Some(out)
+        }
+        Expr::Mul(xs) if xs.len() == 2 => {
+            let (a, b) = (matrix_value(&xs[0])?, matrix_value(&xs[1])?);
+            let inner = b.len();
+            if a.iter().any(|r| r.len() != inner) {
+                return None;
+            }
+            let cols = b.first()?.len();
+            Some(
+                a.iter()
+                    .map(|row| {
+                        (0..cols)
+                            .map(|c| {
+                                Expr::Add(
+                                    (0..inner)
+                                        .map(|k| Expr::Mul(vec![row[k].clone(), b[k][c].clone()]))
+                                        .collect(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// Are `gold` and `pred` (both already canonical) the same answer?
+pub(crate) fn equiv(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> bool {
+    if !budget.spend() {
+        return false;
+    }
+    if let (Some(mg), Some(mp)) = (matrix_value(g), matrix_value(p)) {
+        return mg.len() == mp.len()
+            && mg.iter().zip(&mp).all(|(a, b)| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| scalar_eq(x, y, cfg, budget))
+            });
+    }
+    match (g, p) {
+        (Expr::Tuple(a), Expr::Tuple(b) | Expr::List(b)) | (Expr::List(a), Expr::Tuple(b))
+            if a.len() == b.len() =>
+        {
+            if let (Expr::List(_), Expr::Tuple(_)) = (g, p) {
+                // Several gold answers against one pred tuple: a set of one.
+                return false;
+            }
+            a.iter().zip(b).all(|(x, y)| equiv(x, y, cfg, budget))
+        }
+        (Expr::Interval(..), _) | (_, Expr::Interval(..)) => {
+            match (interval_parts(g), interval_parts(p)) {
+                (Some((a, b, lc, hc)), Some((c, d, lc2, hc2))) => {
+                    lc == lc2
+                        && hc == hc2
+                        && scalar_eq(a, c, cfg, budget)
+                        && scalar_eq(b, d, cfg, budget)
+                }
+                _ => match (set_items(g), set_items(p)) {
+                    (Some(gs), None) if gs.len() == 1 => equiv(gs[0], p, cfg, budget),
+                    (None, Some(ps)) if ps.len() == 1 => equiv(g, ps[0], cfg, budget),
+                    _ => false,
+                },
+            }
+        }
+        _ => match (set_items(g), set_items(p)) {
+            (Some(gs), Some(ps)) => set_eq(&gs, &ps, cfg, budget),
+            (Some(gs), None) => gs.len() == 1 && equiv(gs[0], p, cfg, budget),
+            (None, Some(ps)) => ps.len() == 1 && equiv(g, ps[0], cfg, budget),
+            (None, None) => match (g, p) {
+                (Expr::Rel(a, oa), Expr::Rel(b, ob)) => rel_eq(a, oa, b, ob, cfg, budget),
+                // A derivation `… = value` answers a gold value with its last part.
+                (_, Expr::Rel(b, ob)) if ob.iter().all(|o| *o == RelOp::Eq) => {
+                    b.last().is_some_and(|last| equiv(g, last, cfg, budget))
+                }
+                (Expr::Rel(..), _) | (_, Expr::Rel(..)) => false,
+                (Expr::Tuple(_), _) | (_, Expr::Tuple(_)) => false,
+                _ => scalar_eq(g, p, cfg, budget),
+            },
+        },
+    }
+}
+
+fn rel_eq(
+    a: &[Expr],
+    oa: &[RelOp],
+    b: &[Expr],
+    ob: &[RelOp],
+    cfg: &VerifyConfig,
+    budget: &mut Budget,
+) -> bool {
+    if oa.len() == 1 && ob.len() == 1 && oa[0] == RelOp::Eq && ob[0] == RelOp::Eq {
+        // Equations: same sides, or the same difference up to sign.
+        let diff = |x: &[Expr]| Expr::Add(vec![x[0].clone(), Expr::Neg(Box::new(x[1].clone()))]);
+        let (da, db) = (diff(a), diff(b));
+        return scalar_eq(&da, &db, cfg, budget)
+            || scalar_eq(&da, &Expr::Neg(Box::new(db.clone())), cfg, budget);
+    }
+    let flip = |o: &RelOp| match o {
+        RelOp::Lt => RelOp::Gt,
+        RelOp::Gt => RelOp::Lt,
+        RelOp::Le => RelOp::Ge,
+        RelOp::Ge => RelOp::Le,
+        other => *other,
+    };
+    let same = oa == ob && a.iter().zip(b).all(|(x, y)| equiv(x, y, cfg, budget));
+    same || {
+        let rb: Vec<Expr> = b.iter().rev().cloned().collect();
+        let rob: Vec<RelOp> = ob.iter().rev().map(flip).collect();
+        oa == rob.as_slice() && a.iter().zip(&rb).all(|(x, y)| equiv(x, y, cfg, budget))
+    }
+}

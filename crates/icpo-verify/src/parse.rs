@@ -1,0 +1,606 @@
+//! LaTeX / plain answer text → [`Expr`]: a tokenizer and a recursive-descent parser with a
+//! nesting limit and a token budget, so hostile input fails fast instead of hanging.
+
+use num_bigint::BigInt;
+use num_rational::BigRational;
+
+use crate::expr::{Expr, RelOp};
+
+/// Most tokens parsed in one answer.
+const MAX_TOKENS: usize = 20_000;
+/// Deepest nesting followed.
+const MAX_DEPTH: usize = 200;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Num(String),
+    Ident(String),
+    Cmd(String),
+    Text(String),
+    Matrix(Vec<Vec<String>>),
+    Op(char),
+    Rel(RelOp),
+    SetOpen,
+    SetClose,
+}
+
+const FUNCS: [&str; 19] = [
+    "sin", "cos", "tan", "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
+    "ln", "log", "exp", "sqrt", "min", "max", "gcd",
+];
+const GREEK: [&str; 20] = [
+    "alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "nu", "rho", "sigma",
+    "tau", "phi", "psi", "omega", "varphi", "kappa", "eta", "zeta", "xi",
+];
+
+fn braced_end(chars: &[char], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 1,
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn tokenize(s: &str) -> Option<Vec<Tok>> {
+    let c: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        if out.len() > MAX_TOKENS {
+            return None;
+        }
+        let ch = c[i];
+        if ch.is_whitespace() || ch == '&' {
+            i += 1;
+        } else if ch.is_ascii_digit()
+            || (ch == '.' && c.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            let start = i;
+            while i < c.len()
+                && (c[i].is_ascii_digit()
+                    || (c[i] == '.' && c.get(i + 1).is_some_and(char::is_ascii_digit)))
+            {
+                i += 1;
+            }
+            out.push(Tok::Num(c[start..i].iter().collect()));
+        } else if ch.is_alphabetic() {
+            // Known function names written without a backslash; otherwise one letter each.
+            let word: String = c[i..].iter().take_while(|x| x.is_ascii_alphabetic()).collect();
+            if let Some(f) = FUNCS.iter().find(|f| word.starts_with(**f) && word.len() == f.len()) {
+                out.push(Tok::Cmd(f.to_string()));
+                i += f.len();
+            } else {
+                i += 1;
+                let mut name = ch.to_string();
+                if c.get(i) == Some(&'_') {
+                    let (sub, next) = subscript(&c, i + 1)?;
+                    name = format!("{name}_{sub}");
+                    i = next;
+                }
+                out.push(Tok::Ident(name));
+            }
+        } else if ch == '\\' {
+            let next = *c.get(i + 1)?;
+            if next.is_alphabetic() {
+                let name: String =
+                    c[i + 1..].iter().take_while(|x| x.is_ascii_alphabetic()).collect();
+                i += 1 + name.len();
+                match name.as_str() {
+                    "text" | "texttt" | "textsf" => {
+                        while c.get(i) == Some(&' ') {
+                            i += 1;
+                        }
+                        let end = braced_end(&c, i)?;
+                        let body: String =
+                            c[i + 1..end].iter().collect::<String>().trim().to_string();
+                        i = end + 1;
+                        if body.chars().count() == 1 && body.chars().all(char::is_alphabetic) {
+                            out.push(Tok::Ident(body));
+                        } else if !body.is_empty() {
+                            out.push(Tok::Text(body));
+                        }
+                    }
+                    "begin" => {
+                        let end = braced_end(&c, i)?;
+                        let env: String = c[i + 1..end].iter().collect();
+                        let close = format!("\\end{{{env}}}");
+                        let rest: String = c[end + 1..].iter().collect();
+                        let body_len = rest.find(&close)?;
+                        let body = &rest[..body_len];
+                        i = end + 1 + rest[..body_len + close.len()].chars().count();
+                        if env.contains("matrix") || env == "array" {
+                            let rows = body
+                                .split("\\\\")
+                                .map(|r| {
+                                    r.split('&').map(|x| x.trim().to_string()).collect::<Vec<_>>()
+                                })
+                                .filter(|r: &Vec<String>| r.iter().any(|x| !x.is_empty()))
+                                .collect();
+                            out.push(Tok::Matrix(rows));
+                        } else {
+                            out.extend(tokenize(body)?);
+                        }
+                    }
+                    "le" | "leq" | "leqslant" => out.push(Tok::Rel(RelOp::Le)),
+                    "ge" | "geq" | "geqslant" => out.push(Tok::Rel(RelOp::Ge)),
+                    "lt" => out.push(Tok::Rel(RelOp::Lt)),
+                    "gt" => out.push(Tok::Rel(RelOp::Gt)),
+                    "ne" | "neq" => out.push(Tok::Rel(RelOp::Ne)),
+                    "cdot" | "times" | "ast" => out.push(Tok::Op('*')),
+                    "div" => out.push(Tok::Op('/')),
+                    "to" | "rightarrow" | "Rightarrow" | "implies" | "iff" => return None,
+                    g if GREEK.contains(&g) => out.push(Tok::Ident(g.to_string())),
+                    other => out.push(Tok::Cmd(other.to_string())),
+                }
+            } else {
+                match next {
+                    '{' => out.push(Tok::SetOpen),
+                    '}' => out.push(Tok::SetClose),
+                    '\\' => out.push(Tok::Op(';')),
+                    _ => {}
+                }
+                i += 2;
+            }
+        } else {
+            match ch {
+                '≤' => out.push(Tok::Rel(RelOp::Le)),
+                '≥' => out.push(Tok::Rel(RelOp::Ge)),
+                '≠' => out.push(Tok::Rel(RelOp::Ne)),
+                '<' if c.get(i + 1) == Some(&'=') => {
+                    out.push(Tok::Rel(RelOp::Le));
+                    i += 1;
+                }
+                '>' if c.get(i + 1) == Some(&'=') => {
+                    out.push(Tok::Rel(RelOp::Ge));
+                    i += 1;
+                }
+                '<' => out.push(Tok::Rel(RelOp::Lt)),
+                '>' => out.push(Tok::Rel(RelOp::Gt)),
+                '=' => out.push(Tok::Rel(RelOp::Eq)),
+                '×' | '·' => out.push(Tok::Op('*')),
+                '÷' => out.push(Tok::Op('/')),
+                '±' => out.push(Tok::Cmd("pm".into())),
+                '∞' => out.push(Tok::Cmd("infty".into())),
+                'π' => out.push(Tok::Cmd("pi".into())),
+                '+' | '-' | '*' | '/' | '^' | '!' | '(' | ')' | '[' | ']' | '{' | '}' | ','
+                | ';' | '|' | '_' => out.push(Tok::Op(ch)),
+                _ => return None,
+            }
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// A subscript after `_`: a braced group or one character.
+fn subscript(c: &[char], i: usize) -> Option<(String, usize)> {
+    match c.get(i)? {
+        '{' => {
+            let end = braced_end(c, i)?;
+            Some((c[i + 1..end].iter().collect::<String>().replace(' ', ""), end + 1))
+        }
+        ch => Some((ch.to_string(), i + 1)),
+    }
+}
+
+fn number(s: &str) -> Option<Expr> {
+    let (int, frac) = match s.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    let digits = format!("{int}{frac}");
+    let n: BigInt = if digits.is_empty() { return None } else { digits.parse().ok()? };
+    let d = BigInt::from(10).pow(frac.len() as u32);
+    Some(Expr::Num(
+        BigRational::new(n, d),
+        (!frac.is_empty() || s.contains('.')).then_some(frac.len() as u32),
+    ))
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    depth: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn eat(&mut self, t: &Tok) -> bool {
+        if self.peek() == Some(t) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    /// Items separated by `;` (outer) and `,` (inner), until a closing token.
+    fn list(&mut self) -> Option<Expr> {
+        self.enter()?;
+        let mut groups: Vec<Vec<Expr>> = vec![Vec::new()];
+        let mut semis = false;
+        loop {
+            match self.peek() {
+                None | Some(Tok::Op(')' | ']' | '}' | '|')) | Some(Tok::SetClose) => break,
+                Some(Tok::Op(',')) => {
+                    self.pos += 1;
+                }
+                Some(Tok::Op(';')) => {
+                    self.pos += 1;
+                    semis = true;
+                    groups.push(Vec::new());
+                }
+                _ => {
+                    let item = self.relation()?;
+                    groups.last_mut()?.push(item);
+                }
+            }
+        }
+        self.depth -= 1;
+        groups.retain(|g| !g.is_empty());
+        let mut items: Vec<Expr> = if semis {
+            groups
+                .into_iter()
+                .map(|mut g| if g.len() == 1 { g.remove(0) } else { Expr::Tuple(g) })
+                .collect()
+        } else {
+            groups.into_iter().flatten().collect()
+        };
+        match items.len() {
+            0 => None,
+            1 => items.pop(),
+            _ => Some(Expr::List(items)),
+        }
+    }
+
+    fn relation(&mut self) -> Option<Expr> {
+        let first = self.union()?;
+        if matches!(self.peek(), Some(Tok::Cmd(c)) if c == "in") {
+            self.pos += 1;
+            let set = self.union()?;
+            return Some(Expr::In(Box::new(first), Box::new(set)));
+        }
+        let mut parts = vec![first];
+        let mut ops = Vec::new();
+        while let Some(Tok::Rel(op)) = self.peek().cloned() {
+            self.pos += 1;
+            ops.push(op);
+            parts.push(self.union()?);
+        }
+        Some(if ops.is_empty() { parts.remove(0) } else { Expr::Rel(parts, ops) })
+    }
+
+    fn union(&mut self) -> Option<Expr> {
+        let mut parts = vec![self.add()?];
+        while matches!(self.peek(), Some(Tok::Cmd(c)) if c == "cup") {
+            self.pos += 1;
+            parts.push(self.add()?);
+        }
+        Some(if parts.len() == 1 { parts.remove(0) } else { Expr::Union(parts) })
+    }
+
+    fn add(&mut self) -> Option<Expr> {
+        self.enter()?;
+        let mut terms = vec![self.mul()?];
+        loop {
+            match self.peek() {
+                Some(Tok::Op('+')) => {
+                    self.pos += 1;
+                    terms.push(self.mul()?);
+                }
+                Some(Tok::Op('-')) => {
+                    self.pos += 1;
+                    terms.push(Expr::Neg(Box::new(self.mul()?)));
+                }
+                Some(Tok::Cmd(c)) if c == "pm" || c == "mp" => {
+                    let minus_first = c == "mp";
+                    self.pos += 1;
+                    let rhs = self.mul()?;
+                    let lhs = if terms.len() == 1 {
+                        terms.remove(0)
+                    } else {
+                        Expr::Add(std::mem::take(&mut terms))
+                    };
+                    let rhs = if minus_first { Expr::Neg(Box::new(rhs)) } else { rhs };
+                    terms = vec![Expr::PlusMinus(Box::new(lhs), Box::new(rhs))];
+                }
+                _ => break,
+            }
+        }
+        self.depth -= 1;
+        Some(if terms.len() == 1 { terms.remove(0) } else { Expr::Add(terms) })
+    }
+
+    fn starts_primary(&self) -> bool {
+        match self.peek() {
+            Some(Tok::Num(_) | Tok::Ident(_) | Tok::Matrix(_) | Tok::Text(_)) => true,
+            Some(Tok::Op('(')) => true,
+            Some(Tok::Cmd(c)) => {
+                !matches!(c.as_str(), "cup" | "in" | "pm" | "mp" | "cap" | "setminus")
+            }
+            _ => false,
+        }
+    }
+
+    fn mul(&mut self) -> Option<Expr> {
+        self.enter()?;
+        let mut acc = self.unary()?;
+        loop {
+            match self.peek() {
+                Some(Tok::Op('*')) => {
+                    self.pos += 1;
+                    let rhs = self.unary()?;
+                    acc = Expr::Mul(vec![acc, rhs]);
+                }
+                Some(Tok::Op('/')) => {
+                    self.pos += 1;
+                    let rhs = self.unary()?;
+                    acc = Expr::Div(Box::new(acc), Box::new(rhs));
+                }
+                _ if self.starts_primary() => {
+                    let rhs = self.pow()?;
+                    acc = Expr::Mul(vec![acc, rhs]);
+                }
+                _ => break,
+            }
+        }
+        self.depth -= 1;
+        Some(acc)
+    }
+
+    fn unary(&mut self) -> Option<Expr> {
+        self.enter()?;
+        let r = if self.eat(&Tok::Op('-')) {
+            Expr::Neg(Box::new(self.unary()?))
+        } else if self.eat(&Tok::Op('+')) {
+            self.unary()?
+        } else {
+            self.pow()?
+        };
+        self.depth -= 1;
+        Some(r)
+    }
+
+    /// A braced group or a single token, as an argument of `\frac`, `\sqrt`, `^`.
+    fn arg(&mut self) -> Option<Expr> {
+        if self.eat(&Tok::Op('{')) {
+            let e = self.list()?;
+            self.eat(&Tok::Op('}')).then_some(e)
+        } else if let Some(Tok::Num(n)) = self.peek().cloned() {
+            // `\frac94`: one digit per argument.
+            self.pos += 1;
+            let mut chars = n.chars();
+            let first = chars.next()?;
+            let rest: String = chars.collect();
+            if !rest.is_empty() {
+                self.toks.insert(self.pos, Tok::Num(rest));
+            }
+            number(&first.to_string())
+        } else if self.eat(&Tok::Op('-')) {
+            Some(Expr::Neg(Box::new(self.arg()?)))
+        } else {
+            self.postfix()
+        }
+    }
+
+    fn pow(&mut self) -> Option<Expr> {
+        let base = self.postfix()?;
+        if self.eat(&Tok::Op('^')) {
+            let exp = self.arg()?;
+            return Some(Expr::Pow(Box::new(base), Box::new(exp)));
+        }
+        Some(base)
+    }
+
+    fn postfix(&mut self) -> Option<Expr> {
+        let mut e = self.primary()?;
+        while self.eat(&Tok::Op('!')) {
+            e = Expr::Factorial(Box::new(e));
+        }
+        Some(e)
+    }
+
+    fn primary(&mut self) -> Option<Expr> {
+        self.enter()?;
+        let e = match self.next()? {
+            Tok::Num(n) => number(&n)?,
+            Tok::Ident(s) => {
+                // Subscript after a token: `x_1` already joined; `x_{...}` after a command.
+                if self.eat(&Tok::Op('_')) {
+                    let sub = self.arg()?;
+                    Expr::Sym(format!("{s}_{sub:?}"))
+                } else {
+                    Expr::Sym(s)
+                }
+            }
+            Tok::Text(t) => Expr::Text(t),
+            Tok::Matrix(rows) => {
+                let parsed = rows
+                    .iter()
+                    .map(|r| r.iter().map(|cell| parse_str(cell)).collect::<Option<Vec<_>>>())
+                    .collect::<Option<Vec<_>>>()?;
+                Expr::Matrix(parsed)
+            }
+            Tok::Op('(') => {
+                let inner = self.list()?;
+                match self.next()? {
+                    Tok::Op(')') => match inner {
+                        Expr::List(items) => Expr::Tuple(items),
+                        other => other,
+                    },
+                    Tok::Op(']') => interval(inner, false, true)?,
+                    _ => return None,
+                }
+            }
+            Tok::Op('[') => {
+                let inner = self.list()?;
+                match self.next()? {
+                    Tok::Op(']') => match inner {
+                        Expr::List(_) => interval(inner, true, true)?,
+                        other => other,
+                    },
+                    Tok::Op(')') => interval(inner, true, false)?,
+                    _ => return None,
+                }
+            }
+            Tok::Op('{') => {
+                let inner = self.list()?;
+                self.eat(&Tok::Op('}')).then_some(())?;
+                inner
+            }
+            Tok::SetOpen => {
+                if self.eat(&Tok::SetClose) {
+                    Expr::Set(Vec::new())
+                } else {
+                    let inner = self.list()?;
+                    self.eat(&Tok::SetClose).then_some(())?;
+                    match inner {
+                        Expr::List(items) => Expr::Set(items),
+                        other => Expr::Set(vec![other]),
+                    }
+                }
+            }
+            Tok::Op('|') => {
+                let inner = self.add()?;
+                self.eat(&Tok::Op('|')).then_some(())?;
+                Expr::Abs(Box::new(inner))
+            }
+            Tok::Cmd(c) => self.command(&c)?,
+            _ => return None,
+        };
+        self.depth -= 1;
+        Some(e)
+    }
+
+    fn command(&mut self, c: &str) -> Option<Expr> {
+        Some(match c {
+            "frac" | "cfrac" => {
+                let a = self.arg()?;
+                let b = self.arg()?;
+                Expr::Div(Box::new(a), Box::new(b))
+            }
+            "sqrt" => {
+                if self.eat(&Tok::Op('[')) {
+                    let n = self.add()?;
+                    self.eat(&Tok::Op(']')).then_some(())?;
+                    let x = self.arg()?;
+                    Expr::Func("root".into(), vec![n, x])
+                } else {
+                    Expr::Func("sqrt".into(), vec![self.arg()?])
+                }
+            }
+            "pi" => Expr::Pi,
+            "infty" => Expr::Inf,
+            "emptyset" => Expr::Set(Vec::new()),
+            "boxed" | "fbox" | "mathbb" | "mathcal" | "overline" | "vec" | "hat" | "bar" => {
+                self.arg()?
+            }
+            f if FUNCS.contains(&f) => {
+                // `\tan^2(y)`, `\log_2 8`, `\sin x`.
+                let mut base = None;
+                if f == "log" && self.eat(&Tok::Op('_')) {
+                    base = Some(self.arg()?);
+                }
+                let power = if self.eat(&Tok::Op('^')) { Some(self.arg()?) } else { None };
+                let x = if self.peek() == Some(&Tok::Op('(')) || self.peek() == Some(&Tok::Op('{'))
+                {
+                    self.primary()?
+                } else {
+                    self.pow()?
+                };
+                let args = match (f, base) {
+                    ("log", Some(b)) => vec![b, x],
+                    _ => vec![x],
+                };
+                let applied = Expr::Func(f.to_string(), args);
+                match power {
+                    Some(p) => Expr::Pow(Box::new(applied), Box::new(p)),
+                    None => applied,
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn interval(inner: Expr, lo_closed: bool, hi_closed: bool) -> Option<Expr> {
+    match inner {
+        Expr::List(mut items) if items.len() == 2 => {
+            let hi = items.pop()?;
+            let lo = items.pop()?;
+            Some(Expr::Interval(Box::new(lo), Box::new(hi), lo_closed, hi_closed))
+        }
+        _ => None,
+    }
+}
+
+/// Parses normalised answer text; `None` when it is not a well-formed answer.
+pub fn parse_str(s: &str) -> Option<Expr> {
+    let toks = tokenize(s)?;
+    let mut p = Parser { toks, pos: 0, depth: 0 };
+    let e = p.list()?;
+    (p.pos == p.toks.len()).then_some(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_common_forms() {
+        for s in [
+            "\\frac{10}{9}",
+            "-\\frac{10}{9}",
+            "\\sqrt3",
+            "\\frac94\\pi",
+            "1 \\pm \\sqrt{19}",
+            "\\{-1\\} \\cup [0,7)",
+            "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}",
+            "\\tan^2(y)+1",
+            "(0;0;0),(0;-2;0)",
+            "p=5,q=2;p=7,q=2",
+            "x_{1}=10^{\\frac{-5+\\sqrt{13}}{6}}",
+            "1\\leq|z|\\leq \\frac{3}{2}",
+            "5!",
+        ] {
+            assert!(parse_str(s).is_some(), "{s}");
+        }
+        assert_eq!(
+            parse_str("(1,2]"),
+            Some(Expr::Interval(Box::new(Expr::int(1)), Box::new(Expr::int(2)), false, true))
+        );
+    }
+
+    #[test]
+    fn hostile_inputs_fail_fast() {
+        assert!(parse_str(&"(".repeat(100_000)).is_none());
+        assert!(parse_str(&"{".repeat(10_000)).is_none());
+        let _ = parse_str("10^{10^{10^{10}}}");
+    }
+}
