@@ -190,6 +190,11 @@ fn number_re() -> &'static Regex {
     })
 }
 
+fn prose_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}").unwrap_or_else(|_| unreachable_regex()))
+}
+
 fn final_answer_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
@@ -247,6 +252,10 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
 
     // Boxed answers: the last group of boxes written together.
     let bx = boxes(&text);
+    if bx.is_empty() && (text.contains("\\boxed") || text.contains("\\fbox")) {
+        // A box too deep or unterminated: no answer rather than a guess from inside it.
+        return out;
+    }
     let boxed = bx.last().map(|last| {
         let mut group = vec![last.clone()];
         for w in bx.iter().rev().skip(1) {
@@ -310,11 +319,8 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
                 out.push(Candidate { text: whole.to_string(), source: Source::Number });
                 return out;
             }
-            // Prose (a word of three or more letters outside a command) is not a bare answer.
-            let prose = whole
-                .split(|c: char| !c.is_ascii_alphabetic() && c != '\\')
-                .any(|w| w.len() >= 3 && !w.starts_with('\\'));
-            if !prose {
+            // Prose (two words in a row) is not a bare answer.
+            if !prose_re().is_match(whole) {
                 out.push(Candidate { text: whole.to_string(), source: Source::Whole });
             }
             if let Some(n) = n {

@@ -109,6 +109,11 @@ pub fn verify_detailed(gold: &str, response: &str, config: &VerifyConfig) -> Ver
     }
 }
 
+/// [`verify`] on bytes that may not be valid UTF-8 (read lossily).
+pub fn verify_bytes(gold: &[u8], response: &[u8]) -> bool {
+    verify(&String::from_utf8_lossy(gold), &String::from_utf8_lossy(response))
+}
+
 /// Whether `response` answers `gold`, with the default settings.
 pub fn verify(gold: &str, response: &str) -> bool {
     verify_detailed(gold, response, &VerifyConfig::default()).correct
