@@ -34,6 +34,19 @@ enum Command {
         #[arg(long, default_value = "float32")]
         dtype: String,
     },
+    /// Checks answers: reads JSONL lines {"gold": ..., "pred": ...} and prints one
+    /// {"correct": true|false} line per input line, in order.
+    Verify {
+        /// Input JSONL file (`-` for standard input).
+        #[arg(long)]
+        input: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print {"correct": false, "error": ...} for malformed lines instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+    },
 }
 
 fn parse_device(s: &str) -> Result<DeviceOpt> {
@@ -80,10 +93,57 @@ fn logits(model: PathBuf, ids: &str, out: PathBuf, device: &str, dtype: &str) ->
     Ok(())
 }
 
+fn verify(input: PathBuf, threads: Option<usize>, skip_bad: bool) -> Result<()> {
+    use icpo_verify::Reward;
+    use std::io::Write;
+    let text = if input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
+    };
+    // Parse every line first: a malformed line stops the run before anything is printed.
+    let mut pairs: Vec<std::result::Result<(String, String), String>> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let parsed = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| format!("malformed JSON: {e}"))
+            .and_then(|v| {
+                let field = |k: &str| match &v[k] {
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    serde_json::Value::Number(n) => Ok(n.to_string()),
+                    serde_json::Value::Null => Err(format!("missing field `{k}`")),
+                    other => Err(format!("field `{k}` must be a string, got {other}")),
+                };
+                Ok((field("gold")?, field("pred")?))
+            });
+        if let (Err(e), false) = (&parsed, skip_bad) {
+            bail!("{}:{}: {e}", input.display(), i + 1);
+        }
+        pairs.push(parsed);
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
+    let reward = icpo_verify::MathReward::default();
+    let good: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .map(|(g, p)| (g.as_str(), p.as_str()))
+        .collect();
+    let mut scores = pool.install(|| reward.score_batch(&good)).into_iter();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for p in &pairs {
+        let line = match p {
+            Ok(_) => serde_json::json!({ "correct": scores.next().unwrap_or(0.0) == 1.0 }),
+            Err(e) => serde_json::json!({ "correct": false, "error": e }),
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Logits { model, ids, out, device, dtype } => {
             logits(model, &ids, out, &device, &dtype)
         }
+        Command::Verify { input, threads, skip_bad } => verify(input, threads, skip_bad),
     }
 }

@@ -81,3 +81,46 @@ fn binary_links_libtorch_cuda() {
         "libtorch resolved through the rpath:\n{text}"
     );
 }
+
+#[test]
+fn verify_prints_one_verdict_per_line_in_order() {
+    let input = tmp("verify.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"gold\": \"\\\\frac{1}{2}\", \"pred\": \"so \\\\boxed{0.5}\", \"id\": 1}\n",
+            "{\"gold\": \"3\", \"pred\": \"the answer is $4$\"}\n",
+            "{\"gold\": 7, \"pred\": \"\\\\boxed{7}\"}\n",
+        ),
+    )
+    .unwrap();
+    let o =
+        icpo().args(["verify", "--input"]).arg(&input).args(["--threads", "2"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<String> =
+        String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines, ["{\"correct\":true}", "{\"correct\":false}", "{\"correct\":true}"]);
+
+    std::fs::write(
+        &input,
+        "{\"gold\": \"1\", \"pred\": \"1\"}\n{\"gold\": \"1\"\n{\"pred\": \"2\"}\n",
+    )
+    .unwrap();
+    let o = icpo().args(["verify", "--input"]).arg(&input).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("verify.jsonl:2") && err.contains("malformed JSON"), "{err}");
+    assert!(o.stdout.is_empty(), "nothing printed before the error");
+
+    let o = icpo().args(["verify", "--skip-bad", "--input"]).arg(&input).output().unwrap();
+    assert!(o.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["correct"], true);
+    assert_eq!(lines[1]["correct"], false);
+    assert!(lines[1]["error"].as_str().unwrap().contains("malformed"));
+    assert!(lines[2]["error"].as_str().unwrap().contains("gold"));
+}

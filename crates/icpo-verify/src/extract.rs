@@ -192,7 +192,10 @@ fn number_re() -> &'static Regex {
 
 fn prose_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}").unwrap_or_else(|_| unreachable_regex()))
+    RE.get_or_init(|| {
+        Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}")
+            .unwrap_or_else(|_| unreachable_regex())
+    })
 }
 
 fn final_answer_re() -> &'static Regex {

@@ -82,7 +82,7 @@ pub fn normalize(s: &str) -> String {
     t = control_space(&t);
     t = thousands_commas(&t);
     // Units written as text (`\text{ cm}^2`) or bare words after a number.
-    let text_unit = format!(r"\\text\{{\s*(?:{UNITS})\s*\}}(?:\^\{{?\d\}}?)?");
+    let text_unit = format!(r"\\text\{{\s*(?:{UNITS})(?:\s+(?:{UNITS}))*\s*\}}(?:\^\{{?\d\}}?)?");
     t = re(&TEXT_UNIT, &text_unit).replace_all(&t, "").into_owned();
     // Only before the end or a separator, so `2m+1` keeps its `m`.
     let bare_unit = format!(
@@ -173,6 +173,7 @@ mod tests {
         assert_eq!(normalize("28 percentage"), "28");
         assert_eq!(normalize("125\\textnormal{ miles}"), "125");
         assert_eq!(normalize("15\\mbox{ cm}^2"), "15");
+        assert_eq!(normalize("5225 \\text{ cubic inches}"), "5225");
         assert_eq!(normalize("x=1/3\\approx1.3"), "x=1/3");
         assert_eq!(normalize("\\text{(C)}"), "\\text{C}");
         assert_eq!(normalize("\\dfrac{1}{2}."), "\\frac{1}{2}");

@@ -14,7 +14,12 @@ const LIMIT_SECS: f64 = 5.0;
 fn bounded(gold: &str, pred: &str) -> bool {
     let t = Instant::now();
     let r = verify(gold, pred);
-    assert!(t.elapsed().as_secs_f64() < LIMIT_SECS, "took {:?} on {:?}", t.elapsed(), &pred[..pred.len().min(60)]);
+    assert!(
+        t.elapsed().as_secs_f64() < LIMIT_SECS,
+        "took {:?} on {:?}",
+        t.elapsed(),
+        &pred[..pred.len().min(60)]
+    );
     r
 }
 
@@ -92,7 +97,10 @@ fn everyday_equivalences() {
         ("x^2+2x+1", "\\boxed{(x+1)^2}"),
         ("2\\pi", "\\boxed{6.283185}"),
         ("10\\%", "\\boxed{10}"),
-        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\boxed{\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}}"),
+        (
+            "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}",
+            "\\boxed{\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}}",
+        ),
         ("3", "so $x = 3$."),
         ("90^\\circ", "\\boxed{90}"),
         ("\\dfrac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt3}{2}}"),
