@@ -1,6 +1,29 @@
-//! The ICPO training loop.
+//! The ICPO training loop (ICPO.md end to end).
 //!
-//! This crate will compose the policy, rollouts, verifier and loss kernels into one training
-//! step (IEF rollouts, ERRS, annealed reward shaping, mixed-policy GRPO updates), with its TOML
-//! config, data loading, checkpoints, metrics and evaluation. Nothing is implemented yet
-//! (issue: "The ICPO trainer").
+//! A [`Trainer`] step draws problems ([`Cursor`], seeded and resumable), builds plain and
+//! in-context prompts, generates the on-policy group and the IEF rollouts (the demonstrations
+//! really reach the sampler), scores them with a [`icpo_verify::Reward`], applies Expert Region
+//! Reject Sampling and the annealed expert bonus γ(t), computes group advantages, scores IEF
+//! tokens after the plain prompt, and updates the policy with the mixed-policy loss in
+//! mini-batches with micro-batch accumulation ([`AdamW`], gradient clipping, PPO epochs).
+//! GRPO is the same loop with `algorithm.ief = false`. [`TrainConfig`] is one TOML file with
+//! the paper's values as defaults; checkpoints are atomic and resumable bit for bit.
+
+mod batch;
+mod checkpoint;
+mod config;
+mod data;
+mod error;
+mod optim;
+mod trainer;
+
+pub use batch::Trajectory;
+pub use checkpoint::{append_jsonl, TrainerState};
+pub use config::{
+    AlgorithmSection, DataSection, LrSchedule, ModelSection, OptimSection, RolloutSection,
+    TrainConfig, TrainerSection,
+};
+pub use data::{load_problems, Cursor, Problem};
+pub use error::{Result, TrainError};
+pub use optim::AdamW;
+pub use trainer::{Metrics, Trainer};

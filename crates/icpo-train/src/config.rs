@@ -1,0 +1,421 @@
+//! The training config: one TOML file, every field of ICPO.md §5–6 with the paper's values as
+//! defaults, `--set section.key=value` overrides, unknown keys and bad values named.
+
+use std::path::Path;
+
+use icpo_core::{AdvantageEstimator, ErrsConfig, LossConfig, ShapingSchedule};
+use icpo_policy::DType;
+use icpo_rollout::{PromptTemplate, DEFAULT_INSTRUCTION};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Result, TrainError};
+
+/// Which policy to train.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Hugging Face checkpoint directory of the initial policy (required).
+    pub path: String,
+    /// Weight dtype. Default float32 (the paper's runs use bfloat16 on GPU).
+    pub dtype: DType,
+    /// `cpu`, `cuda` or `cuda:N`. Default cpu.
+    pub device: String,
+    /// Reference policy checkpoint; empty means the initial policy. Default empty.
+    pub reference_path: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            path: String::new(),
+            dtype: DType::F32,
+            device: "cpu".into(),
+            reference_path: String::new(),
+        }
+    }
+}
+
+/// Training problems and demonstrations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// JSONL with `problem` and `answer` per line (required).
+    pub train_path: String,
+    /// JSONL demo pool with `problem` and `solution`. Default MATH train in ../shared.
+    pub demo_pool_path: String,
+    /// Prompt template: `chat` or `raw`. Default chat.
+    pub template: PromptTemplate,
+    /// Instruction after the problem. Default the spec's.
+    pub instruction: String,
+    /// Longest prompt in tokens (IEF prompts are cut inside the demonstrations). Default 4096.
+    pub max_prompt_tokens: usize,
+    /// Shuffle problems every epoch. Default true.
+    pub shuffle: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            train_path: String::new(),
+            demo_pool_path: "../shared/data/train/math_train.jsonl".into(),
+            template: PromptTemplate::Chat,
+            instruction: DEFAULT_INSTRUCTION.into(),
+            max_prompt_tokens: 4096,
+            shuffle: true,
+        }
+    }
+}
+
+/// Sampling of the group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSection {
+    /// `G`: on-policy samples per problem (the group keeps this size). Default 8.
+    pub group_size: usize,
+    /// `N_off`: IEF samples per problem. Default 1.
+    pub ief_samples: usize,
+    /// `k`: demonstrations per IEF prompt. Default 1.
+    pub demos: usize,
+    /// Sampling temperature. Default 1.0.
+    pub temperature: f64,
+    /// Nucleus threshold. Default 1.0.
+    pub top_p: f64,
+    /// Top-k (0: off). Default 0.
+    pub top_k: usize,
+    /// Longest response. Default 8192.
+    pub max_new_tokens: usize,
+    /// Bound on tokens decoded at once. Default 262,144.
+    pub max_tokens_in_flight: usize,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection {
+            group_size: 8,
+            ief_samples: 1,
+            demos: 1,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 8192,
+            max_tokens_in_flight: 1 << 18,
+        }
+    }
+}
+
+/// ICPO's components and the advantage estimator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlgorithmSection {
+    /// Implicit Expert Forcing (false: plain GRPO). Default true.
+    pub ief: bool,
+    /// Expert Region Reject Sampling (`errs.enabled = false`: the −ERRS ablation).
+    pub errs: ErrsConfig,
+    /// Annealed expert-bonus reward shaping (false: the −RS ablation). Default true.
+    pub shaping: bool,
+    /// α of the bonus. Default 1.0.
+    pub shaping_alpha: f64,
+    /// γ(t) schedule: linear, cosine or constant. Default linear.
+    pub shaping_schedule: ShapingSchedule,
+    /// Advantage estimator. Default grpo.
+    pub advantage: AdvantageEstimator,
+    /// ε of the std normalisation. Default 1e-6.
+    pub epsilon: f64,
+}
+
+impl Default for AlgorithmSection {
+    fn default() -> Self {
+        AlgorithmSection {
+            ief: true,
+            errs: ErrsConfig::default(),
+            shaping: true,
+            shaping_alpha: 1.0,
+            shaping_schedule: ShapingSchedule::Linear,
+            advantage: AdvantageEstimator::Grpo,
+            epsilon: 1e-6,
+        }
+    }
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Constant (the paper's).
+    #[default]
+    Constant,
+    /// Cosine decay to 0 at the last step.
+    Cosine,
+}
+
+/// AdamW and the update schedule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    /// Peak learning rate. Default 1e-6.
+    pub lr: f64,
+    /// Adam β1. Default 0.9.
+    pub beta1: f64,
+    /// Adam β2. Default 0.999.
+    pub beta2: f64,
+    /// Adam ε. Default 1e-8.
+    pub eps: f64,
+    /// Decoupled weight decay. Default 0.01.
+    pub weight_decay: f64,
+    /// Linear warm-up steps. Default 0.
+    pub warmup_steps: u64,
+    /// Schedule after warm-up. Default constant.
+    pub lr_schedule: LrSchedule,
+    /// Global gradient-norm clip (0: off). Default 1.0.
+    pub grad_clip: f64,
+    /// Problems per mini-batch (one optimiser step each). Default 64.
+    pub mini_batch_prompts: usize,
+    /// Trajectories per forward/backward (gradient accumulation). Default 8.
+    pub micro_batch_size: usize,
+    /// Passes over the step's data. Default 1.
+    pub ppo_epochs: usize,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        OptimSection {
+            lr: 1e-6,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            warmup_steps: 0,
+            lr_schedule: LrSchedule::Constant,
+            grad_clip: 1.0,
+            mini_batch_prompts: 64,
+            micro_batch_size: 8,
+            ppo_epochs: 1,
+        }
+    }
+}
+
+/// Loop, outputs and safety.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerSection {
+    /// `T`: training steps. Default 400.
+    pub total_steps: u64,
+    /// Problems per step. Default 128.
+    pub batch_prompts: usize,
+    /// Checkpoint every N steps (0: only at the end). Default 50.
+    pub save_every: u64,
+    /// Evaluate every N steps (0: never). Default 10.
+    pub eval_every: u64,
+    /// Where metrics and checkpoints go. Default runs/icpo.
+    pub output_dir: String,
+    /// Seed of every random draw. Default 42.
+    pub seed: u64,
+    /// Abort after this many non-finite updates in a row. Default 3.
+    pub max_nonfinite_in_a_row: u32,
+}
+
+impl Default for TrainerSection {
+    fn default() -> Self {
+        TrainerSection {
+            total_steps: 400,
+            batch_prompts: 128,
+            save_every: 50,
+            eval_every: 10,
+            output_dir: "runs/icpo".into(),
+            seed: 42,
+            max_nonfinite_in_a_row: 3,
+        }
+    }
+}
+
+/// The whole config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// The policy.
+    pub model: ModelSection,
+    /// Problems and demonstrations.
+    pub data: DataSection,
+    /// Sampling.
+    pub rollout: RolloutSection,
+    /// ICPO's components.
+    pub algorithm: AlgorithmSection,
+    /// The loss (icpo-core's `LossConfig`).
+    pub loss: LossConfig,
+    /// Optimiser.
+    pub optim: OptimSection,
+    /// Loop and outputs.
+    pub trainer: TrainerSection,
+}
+
+fn cfg_err(key: &str, message: impl Into<String>) -> TrainError {
+    TrainError::Config { key: key.into(), message: message.into() }
+}
+
+/// Every key of `doc` must exist in `defaults` (same nesting): the error names the first that
+/// does not, with the valid keys of its section.
+fn check_keys(doc: &toml::Value, defaults: &toml::Value, prefix: &str) -> Result<()> {
+    let (Some(d), Some(t)) = (doc.as_table(), defaults.as_table()) else { return Ok(()) };
+    for (k, v) in d {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match t.get(k) {
+            Some(dv) => check_keys(v, dv, &key)?,
+            // Optional fields absent from the defaults' serialisation are not in `t`; none here.
+            None => {
+                let valid: Vec<&String> = t.keys().collect();
+                return Err(cfg_err(&key, format!("unknown key (valid here: {valid:?})")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_key(doc: &mut toml::Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| cfg_err(assignment, "an override must look like section.key=value"))?;
+    let key = key.trim();
+    // A TOML literal when it parses as one (numbers, bools, quoted strings), else a bare string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {}", raw.trim()))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let mut node = doc;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = node.as_table_mut().ok_or_else(|| cfg_err(key, "not a section"))?;
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        node =
+            table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    Err(cfg_err(key, "empty key"))
+}
+
+impl TrainConfig {
+    /// Reads a TOML file (or the defaults when `path` is None), applies `overrides`
+    /// (`section.key=value`) and validates.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut doc = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(io_err(p))?;
+                toml::from_str::<toml::Value>(&text).map_err(|e| TrainError::Data {
+                    path: p.into(),
+                    line: 0,
+                    message: format!("malformed TOML: {e}"),
+                })?
+            }
+            None => toml::Value::Table(toml::Table::new()),
+        };
+        for o in overrides {
+            set_key(&mut doc, o)?;
+        }
+        let defaults = toml::Value::try_from(TrainConfig::default())
+            .map_err(|e| cfg_err("(defaults)", e.to_string()))?;
+        check_keys(&doc, &defaults, "")?;
+        let cfg: TrainConfig = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| cfg_err("(value)", e.message().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let positive =
+            |key: &str, v: usize| if v == 0 { Err(cfg_err(key, "must be ≥ 1")) } else { Ok(()) };
+        positive("rollout.group_size", self.rollout.group_size)?;
+        positive("rollout.max_new_tokens", self.rollout.max_new_tokens)?;
+        positive("trainer.batch_prompts", self.trainer.batch_prompts)?;
+        positive("optim.mini_batch_prompts", self.optim.mini_batch_prompts)?;
+        positive("optim.micro_batch_size", self.optim.micro_batch_size)?;
+        positive("optim.ppo_epochs", self.optim.ppo_epochs)?;
+        positive("data.max_prompt_tokens", self.data.max_prompt_tokens)?;
+        if self.trainer.total_steps == 0 {
+            return Err(cfg_err("trainer.total_steps", "must be ≥ 1"));
+        }
+        if self.rollout.group_size < 2 {
+            return Err(cfg_err("rollout.group_size", "must be ≥ 2 for group-relative advantages"));
+        }
+        if self.algorithm.ief && self.rollout.demos == 0 {
+            return Err(cfg_err("rollout.demos", "IEF needs at least one demonstration"));
+        }
+        for (key, v, ok) in [
+            ("optim.lr", self.optim.lr, self.optim.lr > 0.0),
+            ("optim.beta1", self.optim.beta1, (0.0..1.0).contains(&self.optim.beta1)),
+            ("optim.beta2", self.optim.beta2, (0.0..1.0).contains(&self.optim.beta2)),
+            ("optim.eps", self.optim.eps, self.optim.eps > 0.0),
+            ("optim.weight_decay", self.optim.weight_decay, self.optim.weight_decay >= 0.0),
+            ("optim.grad_clip", self.optim.grad_clip, self.optim.grad_clip >= 0.0),
+            ("rollout.temperature", self.rollout.temperature, self.rollout.temperature >= 0.0),
+            (
+                "rollout.top_p",
+                self.rollout.top_p,
+                self.rollout.top_p > 0.0 && self.rollout.top_p <= 1.0,
+            ),
+            (
+                "algorithm.shaping_alpha",
+                self.algorithm.shaping_alpha,
+                self.algorithm.shaping_alpha >= 0.0,
+            ),
+            ("algorithm.epsilon", self.algorithm.epsilon, self.algorithm.epsilon >= 0.0),
+            ("algorithm.errs.delta", self.algorithm.errs.delta, true),
+        ] {
+            if !(v.is_finite() && ok) {
+                return Err(cfg_err(key, format!("{v} is out of range")));
+            }
+        }
+        self.loss.validate().map_err(|e| cfg_err("loss", e.to_string()))?;
+        if self.model.path.is_empty() {
+            return Err(cfg_err("model.path", "required"));
+        }
+        if self.data.train_path.is_empty() {
+            return Err(cfg_err("data.train_path", "required"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<String> {
+        vec!["model.path=\"m\"".into(), "data.train_path=\"d.jsonl\"".into()]
+    }
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = TrainConfig::load(None, &base()).unwrap();
+        assert_eq!(c.optim.lr, 1e-6);
+        assert_eq!(c.loss.ief_lambda, 0.1);
+        assert_eq!(c.loss.kl_coef, 0.001);
+        assert_eq!(c.trainer.total_steps, 400);
+        assert_eq!(c.rollout.group_size, 8);
+        assert!(c.algorithm.errs.enabled && c.algorithm.errs.delta == 1.0);
+    }
+
+    #[test]
+    fn overrides_and_errors_name_the_key() {
+        let mut o = base();
+        o.push("loss.ief_lambda=0.01".into());
+        o.push("algorithm.shaping_schedule=cosine".into());
+        let c = TrainConfig::load(None, &o).unwrap();
+        assert_eq!(c.loss.ief_lambda, 0.01);
+        assert_eq!(c.algorithm.shaping_schedule, ShapingSchedule::Cosine);
+        let mut bad = base();
+        bad.push("rollout.grup_size=4".into());
+        let e = TrainConfig::load(None, &bad).unwrap_err().to_string();
+        assert!(e.contains("rollout.grup_size") && e.contains("group_size"), "{e}");
+        let mut bad = base();
+        bad.push("optim.lr=-1".into());
+        assert!(TrainConfig::load(None, &bad).unwrap_err().to_string().contains("optim.lr"));
+        let mut bad = base();
+        bad.push("algorithm.advantage=ppo".into());
+        let e = TrainConfig::load(None, &bad).unwrap_err().to_string();
+        assert!(e.contains("ppo") && e.contains("grpo"), "{e}");
+        assert!(TrainConfig::load(None, &[]).unwrap_err().to_string().contains("model.path"));
+    }
+}

@@ -1,0 +1,454 @@
+//! One ICPO training step (ICPO.md §1–5) and the loop around it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
+use icpo_loss::{policy_loss, LossAggMode, LossInputs};
+use icpo_policy::{CausalLm, Tokenizer};
+use icpo_rollout::{
+    generate, DemoPool, EngineConfig, FinishReason, PromptBuilder, Request, Rollout, SamplingParams,
+};
+use icpo_verify::Reward;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::Tensor;
+
+use crate::batch::{pad, unpad, Trajectory};
+use crate::config::TrainConfig;
+use crate::data::{Cursor, Problem};
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+
+/// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// The trainer: policy, frozen reference, data, optimiser state and position.
+pub struct Trainer {
+    /// The config in force.
+    pub cfg: TrainConfig,
+    pub(crate) policy: CausalLm,
+    pub(crate) reference: Option<CausalLm>,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) problems: Vec<Problem>,
+    pub(crate) demos: Option<DemoPool>,
+    pub(crate) reward: Box<dyn Reward>,
+    pub(crate) optim: AdamW,
+    pub(crate) cursor: Cursor,
+    pub(crate) step: u64,
+    pub(crate) nonfinite_streak: u32,
+    /// Prompts of the last step's IEF rollouts, as fed to the sampler (for inspection).
+    pub last_ief_prompts: Vec<Vec<i64>>,
+}
+
+fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
+    // SplitMix-style mixing: distinct streams per (step, purpose).
+    let mut z =
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ what.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Trainer {
+    /// A trainer from parts already in memory. `reference` is needed when `loss.kl_coef > 0`;
+    /// `demos` when `algorithm.ief`.
+    pub fn new(
+        cfg: TrainConfig,
+        policy: CausalLm,
+        reference: Option<CausalLm>,
+        tokenizer: Tokenizer,
+        problems: Vec<Problem>,
+        demos: Option<DemoPool>,
+        reward: Box<dyn Reward>,
+    ) -> Result<Self> {
+        if cfg.loss.kl_coef > 0.0 && reference.is_none() {
+            return Err(TrainError::Config {
+                key: "loss.kl_coef".into(),
+                message: "β > 0 needs a reference policy".into(),
+            });
+        }
+        if cfg.algorithm.ief && demos.as_ref().is_none_or(DemoPool::is_empty) {
+            return Err(TrainError::Config {
+                key: "data.demo_pool_path".into(),
+                message: "IEF needs a demo pool".into(),
+            });
+        }
+        Ok(Trainer {
+            cfg,
+            policy,
+            reference,
+            tokenizer,
+            problems,
+            demos,
+            reward,
+            optim: AdamW::new(),
+            cursor: Cursor::start(),
+            step: 0,
+            nonfinite_streak: 0,
+            last_ief_prompts: Vec::new(),
+        })
+    }
+
+    /// The policy being trained.
+    pub fn policy(&self) -> &CausalLm {
+        &self.policy
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn sampling(&self) -> SamplingParams {
+        let r = &self.cfg.rollout;
+        SamplingParams {
+            temperature: r.temperature,
+            top_p: r.top_p,
+            top_k: r.top_k,
+            max_new_tokens: r.max_new_tokens,
+            ..Default::default()
+        }
+    }
+
+    /// Runs one training step and returns its metrics.
+    pub fn train_step(&mut self) -> Result<Metrics> {
+        let t_start = Instant::now();
+        let cfg = self.cfg.clone();
+        let (g, n_off) =
+            (cfg.rollout.group_size, if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 });
+        let mut rng = ChaCha8Rng::seed_from_u64(seed_for(cfg.trainer.seed, self.step, 0));
+        let mut m = Metrics::new();
+
+        // Phase 1: the step's problems and prompts.
+        let idx = self.cursor.take(
+            cfg.trainer.batch_prompts,
+            self.problems.len(),
+            cfg.trainer.seed,
+            cfg.data.shuffle,
+        );
+        let problems: Vec<Problem> = idx.iter().map(|&i| self.problems[i].clone()).collect();
+        let mut builder = PromptBuilder::new(&self.tokenizer);
+        builder.template = cfg.data.template;
+        builder.instruction = cfg.data.instruction.clone();
+        builder.max_prompt_tokens = cfg.data.max_prompt_tokens;
+        let plain: Vec<Vec<i64>> = problems
+            .iter()
+            .map(|p| builder.plain(&p.problem))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut ief_prompts = Vec::new();
+        if n_off > 0 {
+            let pool = self
+                .demos
+                .as_ref()
+                .ok_or_else(|| TrainError::Aborted("IEF without a demo pool".into()))?;
+            for p in &problems {
+                let demos = pool.draw(cfg.rollout.demos, &p.problem, &mut rng)?;
+                ief_prompts.push(builder.in_context(&p.problem, &demos)?);
+            }
+        }
+
+        // Phase 2: on-policy and IEF rollouts; the steered prompts really reach the sampler.
+        let t_gen = Instant::now();
+        let params = self.sampling();
+        let eos = self.tokenizer.eos_token_ids().to_vec();
+        let engine = EngineConfig { max_tokens_in_flight: cfg.rollout.max_tokens_in_flight };
+        let seed_on = seed_for(cfg.trainer.seed, self.step, 1);
+        let on = generate(
+            &self.policy,
+            &Request { prompts: &plain, n: g, params: &params, eos_token_ids: &eos, seed: seed_on },
+            None,
+            &engine,
+        )?;
+        let ief = if n_off > 0 {
+            let seed_ief = seed_for(cfg.trainer.seed, self.step, 2);
+            generate(
+                &self.policy,
+                &Request {
+                    prompts: &ief_prompts,
+                    n: n_off,
+                    params: &params,
+                    eos_token_ids: &eos,
+                    seed: seed_ief,
+                },
+                None,
+                &engine,
+            )?
+        } else {
+            Vec::new()
+        };
+        self.last_ief_prompts = ief_prompts;
+        let gen_s = t_gen.elapsed().as_secs_f64();
+
+        // Phase 3: scoring.
+        let t_score = Instant::now();
+        let texts = |rs: &[Rollout]| -> Result<Vec<String>> {
+            rs.iter().map(|r| Ok(self.tokenizer.decode(&r.tokens, true)?)).collect()
+        };
+        let (on_text, ief_text) = (texts(&on)?, texts(&ief)?);
+        let score = |rs: &[Rollout], ts: &[String]| -> Vec<f64> {
+            let pairs: Vec<(&str, &str)> = rs
+                .iter()
+                .zip(ts)
+                .map(|(r, t)| (problems[r.prompt_index].answer.as_str(), t.as_str()))
+                .collect();
+            self.reward.score_batch(&pairs)
+        };
+        let (on_r, ief_r) = (score(&on, &on_text), score(&ief, &ief_text));
+        let score_s = t_score.elapsed().as_secs_f64();
+
+        // Phase 4: ERRS, shaping with this step's γ(t), group advantages.
+        let gamma = cfg.algorithm.shaping_schedule.gamma(self.step, cfg.trainer.total_steps)?;
+        let mut trajs: Vec<Trajectory> = Vec::new();
+        let mut accepted = 0usize;
+        for (p, prompt) in plain.iter().enumerate() {
+            let on_p: Vec<f64> = on_r[p * g..(p + 1) * g].to_vec();
+            let ief_p: Vec<f64> = ief_r[p * n_off..(p + 1) * n_off].to_vec();
+            let outcome = errs_select(&on_p, &ief_p, &cfg.algorithm.errs, &mut rng)?;
+            accepted += outcome.accepted.len();
+            let shaped = group_rewards(
+                &outcome,
+                &on_p,
+                &ief_p,
+                cfg.algorithm.shaping,
+                cfg.algorithm.shaping_alpha,
+                gamma,
+            )?;
+            for (member, s) in outcome.members.iter().zip(shaped) {
+                let (r, is_ief, reward) = match *member {
+                    Origin::OnPolicy(i) => (&on[p * g + i], false, on_p[i]),
+                    Origin::Ief(j) => (&ief[p * n_off + j], true, ief_p[j]),
+                };
+                trajs.push(Trajectory {
+                    group: p,
+                    prompt: prompt.clone(),
+                    response: r.tokens.clone(),
+                    is_ief,
+                    reward,
+                    shaped_reward: s,
+                    advantage: 0.0,
+                    old_logp: Vec::new(),
+                    ref_logp: Vec::new(),
+                });
+            }
+        }
+        let shaped: Vec<f64> = trajs.iter().map(|t| t.shaped_reward).collect();
+        let groups: Vec<usize> = trajs.iter().map(|t| t.group).collect();
+        let adv =
+            group_advantages(&shaped, &groups, cfg.algorithm.advantage, cfg.algorithm.epsilon)?;
+        for (t, a) in trajs.iter_mut().zip(adv) {
+            t.advantage = a;
+        }
+
+        // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
+        let t_train = Instant::now();
+        let micro = cfg.optim.micro_batch_size;
+        for chunk in (0..trajs.len()).collect::<Vec<_>>().chunks(micro) {
+            let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
+            let b = pad(&refs, self.policy.device())?;
+            let (old, reflp) =
+                tch::no_grad(|| -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>)> {
+                    let o = self.policy.response_logprobs(
+                        &b.prompt_ids,
+                        &b.prompt_mask,
+                        &b.response_ids,
+                        &b.response_mask,
+                        false,
+                    )?;
+                    let r = match (&self.reference, cfg.loss.kl_coef > 0.0) {
+                        (Some(reference), true) => Some(unpad(
+                            &reference
+                                .response_logprobs(
+                                    &b.prompt_ids,
+                                    &b.prompt_mask,
+                                    &b.response_ids,
+                                    &b.response_mask,
+                                    false,
+                                )?
+                                .logprobs,
+                            &refs,
+                        )?),
+                        _ => None,
+                    };
+                    Ok((unpad(&o.logprobs, &refs)?, r))
+                })?;
+            for (k, &i) in chunk.iter().enumerate() {
+                trajs[i].old_logp = old[k].clone();
+                trajs[i].ref_logp = reflp
+                    .as_ref()
+                    .map(|r| r[k].clone())
+                    .unwrap_or_else(|| vec![0.0; trajs[i].response.len()]);
+            }
+        }
+
+        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs.
+        let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
+        let mini = cfg.optim.mini_batch_prompts * g;
+        let updates_per_step = (cfg.optim.ppo_epochs * trajs.len().div_ceil(mini)) as u64;
+        let total_updates = updates_per_step * cfg.trainer.total_steps;
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut n_updates = 0.0;
+        let mut skipped = 0.0;
+        for _ in 0..cfg.optim.ppo_epochs {
+            let mut order: Vec<usize> = (0..trajs.len()).collect();
+            order.shuffle(&mut rng);
+            for mb in order.chunks(mini) {
+                let mb_tokens: usize = mb.iter().map(|&i| trajs[i].response.len()).sum();
+                let mb_seqs = mb.iter().filter(|&&i| !trajs[i].response.is_empty()).count();
+                let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
+                let mut finite = true;
+                for mc in mb.chunks(micro) {
+                    let refs: Vec<&Trajectory> = mc.iter().map(|&i| &trajs[i]).collect();
+                    let b = pad(&refs, self.policy.device())?;
+                    let out = self.policy.response_logprobs(
+                        &b.prompt_ids,
+                        &b.prompt_mask,
+                        &b.response_ids,
+                        &b.response_mask,
+                        true,
+                    )?;
+                    let entropy = out.entropy.as_ref();
+                    let inputs = LossInputs {
+                        logp: &out.logprobs,
+                        old_logp: &b.old_logp,
+                        ref_logp: Some(&b.ref_logp),
+                        entropy,
+                        advantages: &b.advantages,
+                        response_mask: &b.response_mask,
+                        is_ief: &b.is_ief,
+                    };
+                    let loss = policy_loss(&inputs, &cfg.loss)?;
+                    // Weight so that accumulated micro-batches equal the mini-batch's aggregate.
+                    let w = match cfg.loss.loss_agg_mode {
+                        LossAggMode::TokenMean => b.tokens as f64 / mb_tokens.max(1) as f64,
+                        _ => b.nonempty as f64 / mb_seqs.max(1) as f64,
+                    };
+                    let value = loss.loss.f_double_value(&[])?;
+                    if !value.is_finite() {
+                        finite = false;
+                        break;
+                    }
+                    loss.loss.f_mul_scalar(w)?.backward();
+                    for (k, v) in loss.metrics {
+                        *mb_metrics.entry(k).or_default() += w * v;
+                    }
+                }
+                let norm = AdamW::grad_norm(&params)?;
+                let lr = AdamW::lr_at(&cfg.optim, self.optim.updates, total_updates);
+                if finite && norm.is_finite() {
+                    self.optim.step(&params, &cfg.optim, lr, norm)?;
+                    self.nonfinite_streak = 0;
+                    n_updates += 1.0;
+                    for (k, v) in mb_metrics {
+                        *sums.entry(k).or_default() += v;
+                    }
+                    *sums.entry("actor/grad_norm".into()).or_default() += norm;
+                    *sums.entry("actor/lr".into()).or_default() += lr;
+                } else {
+                    skipped += 1.0;
+                    self.nonfinite_streak += 1;
+                    if self.nonfinite_streak >= cfg.trainer.max_nonfinite_in_a_row {
+                        zero_grads(&params);
+                        return Err(TrainError::Aborted(format!(
+                            "{} non-finite updates in a row at step {} (loss or gradient NaN/∞); lower optim.lr or check the data",
+                            self.nonfinite_streak, self.step
+                        )));
+                    }
+                }
+                zero_grads(&params);
+            }
+        }
+        let train_s = t_train.elapsed().as_secs_f64();
+
+        // Phase 7: metrics.
+        for (k, v) in sums {
+            m.insert(k, if n_updates > 0.0 { v / n_updates } else { f64::NAN });
+        }
+        let mean =
+            |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+        let lens: Vec<f64> = on.iter().chain(&ief).map(|r| r.tokens.len() as f64).collect();
+        let new_tokens: f64 = lens.iter().sum();
+        let clipped =
+            on.iter().chain(&ief).filter(|r| r.finish_reason == FinishReason::Length).count()
+                as f64;
+        let ief_accepted_rewards: Vec<f64> =
+            trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect();
+        m.insert("step".into(), self.step as f64);
+        m.insert("epoch".into(), self.cursor.epoch as f64);
+        m.insert(
+            "reward/mean".into(),
+            mean(&trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>()),
+        );
+        m.insert("reward/on_policy_mean".into(), mean(&on_r));
+        m.insert("reward/ief_mean".into(), mean(&ief_r));
+        m.insert("reward/ief_accepted_mean".into(), mean(&ief_accepted_rewards));
+        m.insert("ief/success_rate".into(), mean(&ief_r));
+        m.insert("ief/on_policy_success_rate".into(), mean(&on_r));
+        m.insert(
+            "ief/acceptance_rate".into(),
+            if ief.is_empty() { 0.0 } else { accepted as f64 / ief.len() as f64 },
+        );
+        m.insert("shaping/gamma".into(), gamma);
+        m.insert("response_length/mean".into(), mean(&lens));
+        m.insert("response_length/max".into(), lens.iter().cloned().fold(0.0, f64::max));
+        m.insert(
+            "response_length/clip_ratio".into(),
+            if lens.is_empty() { 0.0 } else { clipped / lens.len() as f64 },
+        );
+        m.insert("train/skipped_updates".into(), skipped);
+        m.insert("train/group_size".into(), trajs.len() as f64 / plain.len().max(1) as f64);
+        let step_s = t_start.elapsed().as_secs_f64();
+        m.insert("timing/generation_s".into(), gen_s);
+        m.insert("timing/scoring_s".into(), score_s);
+        m.insert("timing/training_s".into(), train_s);
+        m.insert("timing/step_s".into(), step_s);
+        m.insert("perf/tokens_per_s".into(), new_tokens / step_s.max(1e-9));
+        self.step += 1;
+        Ok(m)
+    }
+
+    /// Where outputs go.
+    pub fn output_dir(&self) -> PathBuf {
+        PathBuf::from(&self.cfg.trainer.output_dir)
+    }
+
+    /// Runs steps until `trainer.total_steps`, appending each step's metrics to
+    /// `metrics.jsonl`, checkpointing every `save_every` steps and at the end, and calling
+    /// `on_step` (progress bars, evaluation) after each step.
+    pub fn fit(&mut self, mut on_step: impl FnMut(&Trainer, &Metrics) -> Result<()>) -> Result<()> {
+        let out = self.output_dir();
+        std::fs::create_dir_all(&out).map_err(crate::error::io_err(&out))?;
+        let metrics_path = out.join("metrics.jsonl");
+        while self.step < self.cfg.trainer.total_steps {
+            let m = self.train_step()?;
+            crate::checkpoint::append_jsonl(&metrics_path, &m)?;
+            let every = self.cfg.trainer.save_every;
+            if (every > 0 && self.step % every == 0) || self.step == self.cfg.trainer.total_steps {
+                self.save_checkpoint(&out)?;
+            }
+            on_step(self, &m)?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint directory name of the current step.
+    pub fn checkpoint_name(&self) -> String {
+        format!("step_{:06}", self.step)
+    }
+
+    /// Path of a checkpoint directory under `out`.
+    pub fn checkpoint_path(out: &Path, step: u64) -> PathBuf {
+        out.join(format!("step_{step:06}"))
+    }
+}
+
+fn zero_grads(params: &BTreeMap<String, Tensor>) {
+    for p in params.values() {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.f_zero_();
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! End-to-end training on the tiny Qwen3 checkpoint: finite losses, reward rising on a task a
+//! tiny model can learn, IEF prompts carrying the demonstration, ERRS keeping the group size,
+//! γ(t) decreasing, and a resumed run equal to an uninterrupted one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+use std::path::PathBuf;
+
+use icpo_policy::{CausalLm, LoadOptions, Tokenizer};
+use icpo_rollout::{Demo, DemoPool};
+use icpo_train::{Metrics, Problem, TrainConfig, Trainer};
+use icpo_verify::Reward;
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3")
+}
+
+/// 1 when the response contains the gold text: learnable by a tiny random model.
+struct Contains;
+impl Reward for Contains {
+    fn score(&self, gold: &str, response: &str) -> f64 {
+        f64::from(u8::from(response.contains(gold)))
+    }
+}
+
+fn config(out: &str, overrides: &[&str]) -> TrainConfig {
+    let mut o: Vec<String> = vec![
+        format!("model.path=\"{}\"", tiny().display()),
+        "data.train_path=\"(in memory)\"".into(),
+        "rollout.group_size=4".into(),
+        "rollout.max_new_tokens=6".into(),
+        "trainer.batch_prompts=4".into(),
+        "trainer.total_steps=6".into(),
+        "trainer.save_every=0".into(),
+        format!("trainer.output_dir=\"{}\"", std::env::temp_dir().join(out).display()),
+        "optim.lr=0.003".into(),
+        "optim.mini_batch_prompts=2".into(),
+        "optim.micro_batch_size=6".into(),
+        "optim.weight_decay=0.0".into(),
+        "loss.kl_coef=0.0".into(),
+        "data.max_prompt_tokens=400".into(),
+    ];
+    o.extend(overrides.iter().map(|s| s.to_string()));
+    TrainConfig::load(None, &o).unwrap()
+}
+
+fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
+    let policy = CausalLm::load(tiny(), LoadOptions::default()).unwrap();
+    let reference =
+        (cfg.loss.kl_coef > 0.0).then(|| CausalLm::load(tiny(), LoadOptions::default()).unwrap());
+    let tok = Tokenizer::from_dir(tiny()).unwrap();
+    let problems = (0..8)
+        .map(|i| Problem {
+            id: format!("p{i}"),
+            problem: format!("Write the letter number {i}."),
+            answer: answer.into(),
+        })
+        .collect();
+    let demos = DemoPool::new(vec![
+        Demo {
+            id: "d0".into(),
+            problem: "Write a letter.".into(),
+            solution: "The letter is e, so \\boxed{e}.".into(),
+        },
+        Demo { id: "d1".into(), problem: "Name a vowel.".into(), solution: "A vowel: e.".into() },
+    ]);
+    Trainer::new(cfg, policy, reference, tok, problems, Some(demos), Box::new(Contains)).unwrap()
+}
+
+fn run(t: &mut Trainer, steps: usize) -> Vec<Metrics> {
+    (0..steps).map(|_| t.train_step().unwrap()).collect()
+}
+
+#[test]
+fn icpo_trains_with_finite_losses_and_annealed_bonus() {
+    let cfg = config("icpo-e2e-a", &["loss.kl_coef=0.001"]);
+    let mut t = trainer(cfg, "e");
+    let ms = run(&mut t, 4);
+    for m in &ms {
+        for k in ["actor/pg_loss", "actor/kl", "actor/grad_norm", "actor/entropy"] {
+            assert!(m[k].is_finite(), "{k} = {}", m[k]);
+        }
+        assert_eq!(m["train/group_size"], 4.0, "ERRS keeps G members per group");
+        // With δ = 1 only correct IEF rollouts are accepted: acceptance equals IEF success.
+        assert!((m["ief/acceptance_rate"] - m["ief/success_rate"]).abs() < 1e-12);
+    }
+    // γ(t) = 1 − t/T decreases step by step.
+    let g: Vec<f64> = ms.iter().map(|m| m["shaping/gamma"]).collect();
+    assert_eq!(g, vec![1.0, 1.0 - 1.0 / 6.0, 1.0 - 2.0 / 6.0, 0.5]);
+    // The sampler saw the steered prompts: the demonstration's text is in them.
+    let tok = Tokenizer::from_dir(tiny()).unwrap();
+    assert_eq!(t.last_ief_prompts.len(), 4);
+    for p in &t.last_ief_prompts {
+        let text = tok.decode(p, false).unwrap();
+        assert!(text.contains("Write a letter.") || text.contains("Name a vowel."), "{text}");
+    }
+}
+
+#[test]
+fn errs_off_keeps_every_ief_rollout() {
+    // A reward no rollout can earn: ERRS rejects every IEF sample, −ERRS accepts all.
+    let mut on = trainer(config("icpo-e2e-b", &[]), "\u{1F600}");
+    let m = on.train_step().unwrap();
+    assert_eq!(m["ief/acceptance_rate"], 0.0);
+    assert_eq!(m["train/group_size"], 4.0);
+    let mut off = trainer(config("icpo-e2e-c", &["algorithm.errs.enabled=false"]), "\u{1F600}");
+    let m = off.train_step().unwrap();
+    assert_eq!(m["ief/acceptance_rate"], 1.0);
+    assert_eq!(m["train/group_size"], 4.0);
+}
+
+#[test]
+fn reward_rises_on_a_learnable_task() {
+    let cfg =
+        config("icpo-e2e-d", &["algorithm.ief=false", "trainer.total_steps=14", "optim.lr=0.01"]);
+    let mut t = trainer(cfg, "e");
+    let ms = run(&mut t, 14);
+    let r: Vec<f64> = ms.iter().map(|m| m["reward/on_policy_mean"]).collect();
+    let first = r[..4].iter().sum::<f64>() / 4.0;
+    let last = r[10..].iter().sum::<f64>() / 4.0;
+    assert!(last > first + 0.2, "on-policy reward {first:.2} → {last:.2}: {r:?}");
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let out = std::env::temp_dir().join(format!("icpo-e2e-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let dir = out.to_str().unwrap().to_string();
+    let o = format!("trainer.output_dir=\"{dir}\"");
+    let mut straight = trainer(config("unused", &[&o]), "e");
+    let full = run(&mut straight, 3);
+
+    let mut first = trainer(config("unused", &[&o]), "e");
+    let _ = run(&mut first, 2);
+    first.save_checkpoint(&out).unwrap();
+    drop(first);
+    let mut resumed = trainer(config("unused", &[&o]), "e");
+    resumed.resume(&out).unwrap();
+    assert_eq!(resumed.step(), 2);
+    let third = resumed.train_step().unwrap();
+    for (k, v) in &full[2] {
+        if k.starts_with("timing/") || k.starts_with("perf/") {
+            continue;
+        }
+        assert!(
+            (v - third[k]).abs() <= 1e-6 * v.abs().max(1.0),
+            "{k}: uninterrupted {v} vs resumed {}",
+            third[k]
+        );
+    }
+    // The checkpoint's policy is a Hugging Face checkpoint with its tokenizer.
+    let ckpt = out.join("step_000002/policy");
+    assert!(CausalLm::load(&ckpt, LoadOptions::default()).is_ok());
+    assert!(ckpt.join("tokenizer.json").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}
