@@ -26,4 +26,4 @@ pub use config::{
 pub use data::{load_problems, Cursor, Problem};
 pub use error::{Result, TrainError};
 pub use optim::AdamW;
-pub use trainer::{Metrics, Trainer};
+pub use trainer::{Metrics, Scorer, Trainer};

@@ -25,6 +25,14 @@ use crate::optim::AdamW;
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
 pub type Metrics = BTreeMap<String, f64>;
 
+/// How rollouts are rewarded.
+pub enum Scorer {
+    /// On the decoded response text against the problem's answer (the math verifier).
+    Text(Box<dyn Reward>),
+    /// On the response token ids against the answer (benchmarks, synthetic tasks).
+    Tokens(Box<dyn Fn(&str, &[i64]) -> f64 + Send + Sync>),
+}
+
 /// The trainer: policy, frozen reference, data, optimiser state and position.
 pub struct Trainer {
     /// The config in force.
@@ -34,7 +42,9 @@ pub struct Trainer {
     pub(crate) tokenizer: Tokenizer,
     pub(crate) problems: Vec<Problem>,
     pub(crate) demos: Option<DemoPool>,
-    pub(crate) reward: Box<dyn Reward>,
+    pub(crate) scorer: Scorer,
+    /// Ids that end a rollout (the tokenizer's EOS ids unless changed).
+    pub eos_token_ids: Vec<i64>,
     pub(crate) optim: AdamW,
     pub(crate) cursor: Cursor,
     pub(crate) step: u64,
@@ -62,7 +72,7 @@ impl Trainer {
         tokenizer: Tokenizer,
         problems: Vec<Problem>,
         demos: Option<DemoPool>,
-        reward: Box<dyn Reward>,
+        scorer: Scorer,
     ) -> Result<Self> {
         if cfg.loss.kl_coef > 0.0 && reference.is_none() {
             return Err(TrainError::Config {
@@ -80,10 +90,11 @@ impl Trainer {
             cfg,
             policy,
             reference,
+            eos_token_ids: tokenizer.eos_token_ids().to_vec(),
             tokenizer,
             problems,
             demos,
-            reward,
+            scorer,
             optim: AdamW::new(),
             cursor: Cursor::start(),
             step: 0,
@@ -113,14 +124,12 @@ impl Trainer {
         }
     }
 
-    /// Runs one training step and returns its metrics.
+    /// Runs one training step on the next problems and returns its metrics.
     pub fn train_step(&mut self) -> Result<Metrics> {
         let t_start = Instant::now();
         let cfg = self.cfg.clone();
-        let (g, n_off) =
-            (cfg.rollout.group_size, if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 });
+        let n_off = if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 };
         let mut rng = ChaCha8Rng::seed_from_u64(seed_for(cfg.trainer.seed, self.step, 0));
-        let mut m = Metrics::new();
 
         // Phase 1: the step's problems and prompts.
         let idx = self.cursor.take(
@@ -149,11 +158,48 @@ impl Trainer {
                 ief_prompts.push(builder.in_context(&p.problem, &demos)?);
             }
         }
+        let answers: Vec<String> = problems.into_iter().map(|p| p.answer).collect();
+        self.step_on(&answers, &plain, &ief_prompts, rng, t_start)
+    }
+
+    /// Runs one training step on pre-tokenized prompts (plain, and in-context when IEF is
+    /// on: one per plain prompt), rewarding against `answers`. Benchmarks use it with random
+    /// prompt ids.
+    pub fn train_step_on(
+        &mut self,
+        answers: &[String],
+        plain: &[Vec<i64>],
+        ief_prompts: &[Vec<i64>],
+    ) -> Result<Metrics> {
+        let rng = ChaCha8Rng::seed_from_u64(seed_for(self.cfg.trainer.seed, self.step, 0));
+        self.step_on(answers, plain, ief_prompts, rng, Instant::now())
+    }
+
+    fn step_on(
+        &mut self,
+        answers: &[String],
+        plain: &[Vec<i64>],
+        ief_prompts: &[Vec<i64>],
+        mut rng: ChaCha8Rng,
+        t_start: Instant,
+    ) -> Result<Metrics> {
+        let cfg = self.cfg.clone();
+        let (g, n_off) =
+            (cfg.rollout.group_size, if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 });
+        if answers.len() != plain.len() || (n_off > 0 && ief_prompts.len() != plain.len()) {
+            return Err(TrainError::Aborted(format!(
+                "{} answers, {} plain prompts and {} IEF prompts must match",
+                answers.len(),
+                plain.len(),
+                ief_prompts.len()
+            )));
+        }
+        let mut m = Metrics::new();
 
         // Phase 2: on-policy and IEF rollouts; the steered prompts really reach the sampler.
         let t_gen = Instant::now();
         let params = self.sampling();
-        let eos = self.tokenizer.eos_token_ids().to_vec();
+        let eos = self.eos_token_ids.clone();
         let engine = EngineConfig { max_tokens_in_flight: cfg.rollout.max_tokens_in_flight };
         let seed_on = seed_for(cfg.trainer.seed, self.step, 1);
         let on = generate(
@@ -179,24 +225,31 @@ impl Trainer {
         } else {
             Vec::new()
         };
-        self.last_ief_prompts = ief_prompts;
+        self.last_ief_prompts = ief_prompts.to_vec();
         let gen_s = t_gen.elapsed().as_secs_f64();
 
         // Phase 3: scoring.
         let t_score = Instant::now();
-        let texts = |rs: &[Rollout]| -> Result<Vec<String>> {
-            rs.iter().map(|r| Ok(self.tokenizer.decode(&r.tokens, true)?)).collect()
+        let score = |rs: &[Rollout]| -> Result<Vec<f64>> {
+            match &self.scorer {
+                Scorer::Text(reward) => {
+                    let texts: Vec<String> = rs
+                        .iter()
+                        .map(|r| self.tokenizer.decode(&r.tokens, true))
+                        .collect::<std::result::Result<_, _>>()?;
+                    let pairs: Vec<(&str, &str)> = rs
+                        .iter()
+                        .zip(&texts)
+                        .map(|(r, t)| (answers[r.prompt_index].as_str(), t.as_str()))
+                        .collect();
+                    Ok(reward.score_batch(&pairs))
+                }
+                Scorer::Tokens(f) => {
+                    Ok(rs.iter().map(|r| f(&answers[r.prompt_index], &r.tokens)).collect())
+                }
+            }
         };
-        let (on_text, ief_text) = (texts(&on)?, texts(&ief)?);
-        let score = |rs: &[Rollout], ts: &[String]| -> Vec<f64> {
-            let pairs: Vec<(&str, &str)> = rs
-                .iter()
-                .zip(ts)
-                .map(|(r, t)| (problems[r.prompt_index].answer.as_str(), t.as_str()))
-                .collect();
-            self.reward.score_batch(&pairs)
-        };
-        let (on_r, ief_r) = (score(&on, &on_text), score(&ief, &ief_text));
+        let (on_r, ief_r) = (score(&on)?, score(&ief)?);
         let score_s = t_score.elapsed().as_secs_f64();
 
         // Phase 4: ERRS, shaping with this step's γ(t), group advantages.
@@ -245,37 +298,46 @@ impl Trainer {
         // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
         let t_train = Instant::now();
         let micro = cfg.optim.micro_batch_size;
+        let mini = cfg.optim.mini_batch_prompts * g;
+        // With one update per step, π_old is the current policy at that update: its log-probs
+        // are the detached ones of the update's own forward pass (as verl and TRL do), so the
+        // separate pass is skipped. The reference pass is still needed when β > 0.
+        let single_update = cfg.optim.ppo_epochs == 1 && trajs.len() <= mini;
+        let need_old_pass = !single_update;
+        let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
         for chunk in (0..trajs.len()).collect::<Vec<_>>().chunks(micro) {
+            if !need_old_pass && !need_ref_pass {
+                for &i in chunk {
+                    trajs[i].ref_logp = vec![0.0; trajs[i].response.len()];
+                    trajs[i].old_logp = vec![0.0; trajs[i].response.len()];
+                }
+                continue;
+            }
             let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
             let b = pad(&refs, self.policy.device())?;
             let (old, reflp) =
-                tch::no_grad(|| -> Result<(Vec<Vec<f32>>, Option<Vec<Vec<f32>>>)> {
-                    let o = self.policy.response_logprobs(
-                        &b.prompt_ids,
-                        &b.prompt_mask,
-                        &b.response_ids,
-                        &b.response_mask,
-                        false,
-                    )?;
-                    let r = match (&self.reference, cfg.loss.kl_coef > 0.0) {
-                        (Some(reference), true) => Some(unpad(
-                            &reference
-                                .response_logprobs(
-                                    &b.prompt_ids,
-                                    &b.prompt_mask,
-                                    &b.response_ids,
-                                    &b.response_mask,
-                                    false,
-                                )?
-                                .logprobs,
-                            &refs,
-                        )?),
+                tch::no_grad(|| -> Result<(Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>)> {
+                    let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
+                        let lp = model.response_logprobs(
+                            &b.prompt_ids,
+                            &b.prompt_mask,
+                            &b.response_ids,
+                            &b.response_mask,
+                            false,
+                        )?;
+                        unpad(&lp.logprobs, &refs)
+                    };
+                    let o = if need_old_pass { Some(pass(&self.policy)?) } else { None };
+                    let r = match &self.reference {
+                        Some(reference) if need_ref_pass => Some(pass(reference)?),
                         _ => None,
                     };
-                    Ok((unpad(&o.logprobs, &refs)?, r))
+                    Ok((o, r))
                 })?;
             for (k, &i) in chunk.iter().enumerate() {
-                trajs[i].old_logp = old[k].clone();
+                let n = trajs[i].response.len();
+                trajs[i].old_logp =
+                    old.as_ref().map(|o| o[k].clone()).unwrap_or_else(|| vec![0.0; n]);
                 trajs[i].ref_logp = reflp
                     .as_ref()
                     .map(|r| r[k].clone())
@@ -285,7 +347,6 @@ impl Trainer {
 
         // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs.
         let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
-        let mini = cfg.optim.mini_batch_prompts * g;
         let updates_per_step = (cfg.optim.ppo_epochs * trajs.len().div_ceil(mini)) as u64;
         let total_updates = updates_per_step * cfg.trainer.total_steps;
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
@@ -310,9 +371,10 @@ impl Trainer {
                         true,
                     )?;
                     let entropy = out.entropy.as_ref();
+                    let detached = out.logprobs.f_detach()?;
                     let inputs = LossInputs {
                         logp: &out.logprobs,
-                        old_logp: &b.old_logp,
+                        old_logp: if single_update { &detached } else { &b.old_logp },
                         ref_logp: Some(&b.ref_logp),
                         entropy,
                         advantages: &b.advantages,

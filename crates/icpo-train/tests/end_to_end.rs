@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use icpo_policy::{CausalLm, LoadOptions, Tokenizer};
 use icpo_rollout::{Demo, DemoPool};
-use icpo_train::{Metrics, Problem, TrainConfig, Trainer};
+use icpo_train::{Metrics, Problem, Scorer, TrainConfig, Trainer};
 use icpo_verify::Reward;
 
 fn tiny() -> PathBuf {
@@ -64,7 +64,16 @@ fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
         },
         Demo { id: "d1".into(), problem: "Name a vowel.".into(), solution: "A vowel: e.".into() },
     ]);
-    Trainer::new(cfg, policy, reference, tok, problems, Some(demos), Box::new(Contains)).unwrap()
+    Trainer::new(
+        cfg,
+        policy,
+        reference,
+        tok,
+        problems,
+        Some(demos),
+        Scorer::Text(Box::new(Contains)),
+    )
+    .unwrap()
 }
 
 fn run(t: &mut Trainer, steps: usize) -> Vec<Metrics> {

@@ -1,0 +1,95 @@
+//! GRPO step time: random prompt ids, a cheap reward (parity of the completion length),
+//! generation stopping at the checkpoint's EOS id, full steps (generation, scoring, old
+//! log-probs, one AdamW update) with β = 0.
+//!
+//! ```sh
+//! .venv/bin/python testdata/make_tiny_models.py --bench-model target/bench-qwen3
+//! cargo run --release --example grpo_step_bench -- --model target/bench-qwen3 --prompts 8 --samples 8 \
+//!     --prompt-len 24 --new-tokens 64 --steps 3 --threads 2 --seed 0
+//! ```
+//! The last line printed is JSON with `step_seconds` (one entry a step). docs/benchmarks.md has
+//! the side-by-side measurement with TRL's GRPOTrainer (scripts/bench_trl_grpo.py).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use icpo::policy::{CausalLm, LoadOptions, Tokenizer};
+use icpo::train::{Scorer, TrainConfig, Trainer};
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    #[arg(long, default_value_t = 24)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    tch::set_num_threads(a.threads);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}/config.json", a.model))?)?;
+    let gen: serde_json::Value =
+        std::fs::read_to_string(format!("{}/generation_config.json", a.model))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null);
+    let eos = gen["eos_token_id"]
+        .as_i64()
+        .or(config["eos_token_id"].as_i64())
+        .context("the checkpoint names no EOS id")?;
+    let cfg = TrainConfig::load(
+        None,
+        &[
+            format!("model.path=\"{}\"", a.model),
+            "data.train_path=\"(random ids)\"".into(),
+            "algorithm.ief=false".into(),
+            "loss.kl_coef=0.0".into(),
+            format!("rollout.group_size={}", a.samples),
+            format!("rollout.max_new_tokens={}", a.new_tokens),
+            format!("trainer.batch_prompts={}", a.prompts),
+            format!("optim.mini_batch_prompts={}", a.prompts),
+            format!("optim.micro_batch_size={}", a.prompts * a.samples),
+            format!("trainer.seed={}", a.seed),
+        ],
+    )?;
+    let policy = CausalLm::load(&a.model, LoadOptions::default())?;
+    let vocab = policy.config().vocab_size;
+    // The trainer keeps a tokenizer for text prompts; this benchmark feeds ids and never decodes.
+    let tokenizer =
+        Tokenizer::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny-qwen3"))?;
+    let parity = Scorer::Tokens(Box::new(|_: &str, tokens: &[i64]| (tokens.len() % 2) as f64));
+    let mut trainer = Trainer::new(cfg, policy, None, tokenizer, Vec::new(), None, parity)?;
+    trainer.eos_token_ids = vec![eos];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let mut seconds = Vec::new();
+    for step in 0..a.steps {
+        let prompts: Vec<Vec<i64>> = (0..a.prompts)
+            .map(|_| (0..a.prompt_len).map(|_| rng.gen_range(0..vocab)).collect())
+            .collect();
+        let answers = vec![String::new(); a.prompts];
+        let m = trainer.train_step_on(&answers, &prompts, &[])?;
+        eprintln!(
+            "step {step}: {:.3} s (generation {:.3}, scoring {:.3}, training {:.3}); mean length {:.1}",
+            m["timing/step_s"], m["timing/generation_s"], m["timing/scoring_s"], m["timing/training_s"], m["response_length/mean"]
+        );
+        seconds.push(m["timing/step_s"]);
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "grpo_step", "prompts": a.prompts, "samples": a.samples, "new_tokens": a.new_tokens, "threads": a.threads, "step_seconds": seconds})
+    );
+    Ok(())
+}
