@@ -4,6 +4,8 @@
 //! testdata/tiny-qwen3). Prints one JSON line per comparison. Without a CUDA device it says so
 //! and exits 0. `scripts/gpu-check` wraps it.
 
+#![allow(missing_docs)] // an example, not an API
+
 use anyhow::{Context, Result};
 use icpo::policy::{CausalLm, DType, DeviceOpt, LoadOptions};
 use tch::{Kind, Tensor};

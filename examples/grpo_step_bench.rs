@@ -10,6 +10,8 @@
 //! The last line printed is JSON with `step_seconds` (one entry a step). docs/benchmarks.md has
 //! the side-by-side measurement with TRL's GRPOTrainer (scripts/bench_trl_grpo.py).
 
+#![allow(missing_docs)] // an example, not an API
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use icpo::policy::{CausalLm, LoadOptions, Tokenizer};

@@ -8,6 +8,8 @@
 //! The last line printed is JSON with `tokens_per_s`. `scripts/bench_hf_generate.py` runs the same
 //! workload through transformers' `generate` for a side-by-side number (docs/benchmarks.md).
 
+#![allow(missing_docs)] // an example, not an API
+
 use std::time::Instant;
 
 use anyhow::Result;

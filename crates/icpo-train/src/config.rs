@@ -51,6 +51,9 @@ pub struct DataSection {
     pub max_prompt_tokens: usize,
     /// Shuffle problems every epoch. Default true.
     pub shuffle: bool,
+    /// Benchmarks (JSONL `problem`, `answer`) evaluated every `trainer.eval_every` steps.
+    /// Default none.
+    pub eval_paths: Vec<String>,
 }
 
 impl Default for DataSection {
@@ -62,6 +65,7 @@ impl Default for DataSection {
             instruction: DEFAULT_INSTRUCTION.into(),
             max_prompt_tokens: 4096,
             shuffle: true,
+            eval_paths: Vec::new(),
         }
     }
 }

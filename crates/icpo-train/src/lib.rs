@@ -14,7 +14,9 @@ mod checkpoint;
 mod config;
 mod data;
 mod error;
+mod eval;
 mod optim;
+mod sft;
 mod trainer;
 
 pub use batch::Trajectory;
@@ -25,5 +27,7 @@ pub use config::{
 };
 pub use data::{load_problems, Cursor, Problem};
 pub use error::{Result, TrainError};
+pub use eval::{evaluate, EvalConfig, EvalResult, Graded};
 pub use optim::AdamW;
+pub use sft::supervised_step;
 pub use trainer::{Metrics, Scorer, Trainer};

@@ -1,0 +1,115 @@
+//! Evaluation (ICPO.md §7): sample answers to a benchmark's problems and grade them.
+
+use icpo_policy::{CausalLm, Tokenizer};
+use icpo_rollout::{generate, EngineConfig, PromptBuilder, Request, SamplingParams};
+use icpo_verify::Reward;
+use serde::Serialize;
+
+use crate::data::Problem;
+use crate::error::Result;
+
+/// Evaluation settings: LUFFY's protocol by default.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// Sampling (default temperature 0.6, top-p 0.95, 8,192 new tokens).
+    pub sampling: SamplingParams,
+    /// Samples per problem: accuracy is their mean (avg@k; 1 is pass@1).
+    pub samples: usize,
+    /// Seed of the sampling streams.
+    pub seed: u64,
+    /// Engine bound on tokens in flight.
+    pub engine: EngineConfig,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            sampling: SamplingParams {
+                temperature: 0.6,
+                top_p: 0.95,
+                max_new_tokens: 8192,
+                ..Default::default()
+            },
+            samples: 1,
+            seed: 0,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// One graded response (written to the responses JSONL so the grading can be audited).
+#[derive(Debug, Clone, Serialize)]
+pub struct Graded {
+    /// Problem id.
+    pub id: String,
+    /// Sample index.
+    pub sample: usize,
+    /// Reference answer.
+    pub answer: String,
+    /// The response text.
+    pub response: String,
+    /// The reward (1 correct, 0 not).
+    pub reward: f64,
+}
+
+/// Accuracy over a benchmark and every graded response.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalResult {
+    /// Mean reward over problems and samples.
+    pub accuracy: f64,
+    /// Problems evaluated.
+    pub problems: usize,
+    /// Samples per problem.
+    pub samples: usize,
+    /// Every response with its verdict.
+    pub responses: Vec<Graded>,
+}
+
+/// Generates `cfg.samples` answers per problem with plain prompts and grades them.
+pub fn evaluate(
+    policy: &CausalLm,
+    tokenizer: &Tokenizer,
+    builder: &PromptBuilder<'_>,
+    problems: &[Problem],
+    reward: &dyn Reward,
+    eos_token_ids: &[i64],
+    cfg: &EvalConfig,
+) -> Result<EvalResult> {
+    let prompts: Vec<Vec<i64>> = problems
+        .iter()
+        .map(|p| builder.plain(&p.problem))
+        .collect::<std::result::Result<_, _>>()?;
+    let req = Request {
+        prompts: &prompts,
+        n: cfg.samples,
+        params: &cfg.sampling,
+        eos_token_ids,
+        seed: cfg.seed,
+    };
+    let out = generate(policy, &req, None, &cfg.engine)?;
+    let texts: Vec<String> = out
+        .iter()
+        .map(|r| tokenizer.decode(&r.tokens, true))
+        .collect::<std::result::Result<_, _>>()?;
+    let pairs: Vec<(&str, &str)> = out
+        .iter()
+        .zip(&texts)
+        .map(|(r, t)| (problems[r.prompt_index].answer.as_str(), t.as_str()))
+        .collect();
+    let rewards = reward.score_batch(&pairs);
+    let responses: Vec<Graded> = out
+        .iter()
+        .zip(texts)
+        .zip(&rewards)
+        .map(|((r, text), &reward)| Graded {
+            id: problems[r.prompt_index].id.clone(),
+            sample: r.sample_index,
+            answer: problems[r.prompt_index].answer.clone(),
+            response: text,
+            reward,
+        })
+        .collect();
+    let accuracy =
+        if rewards.is_empty() { 0.0 } else { rewards.iter().sum::<f64>() / rewards.len() as f64 };
+    Ok(EvalResult { accuracy, problems: problems.len(), samples: cfg.samples, responses })
+}
