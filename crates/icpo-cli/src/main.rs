@@ -34,6 +34,43 @@ enum Command {
         #[arg(long, default_value = "float32")]
         dtype: String,
     },
+    /// Evaluates a checkpoint on benchmarks (JSONL `problem`, `answer`) with ICPO.md §7's
+    /// protocol; prints a table and writes every response with its verdict.
+    Eval {
+        /// Checkpoint directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Benchmark files (e.g. ../shared/data/eval/math500.jsonl); repeatable.
+        #[arg(long = "benchmark", required = true)]
+        benchmarks: Vec<PathBuf>,
+        /// Responses JSONL to write.
+        #[arg(long, default_value = "eval_responses.jsonl")]
+        out: PathBuf,
+        /// Samples per problem (default: 32 for AIME/AMC, 1 otherwise).
+        #[arg(long)]
+        samples: Option<usize>,
+        /// Sampling temperature.
+        #[arg(long, default_value_t = 0.6)]
+        temperature: f64,
+        /// Nucleus threshold.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        /// Longest response.
+        #[arg(long, default_value_t = 8192)]
+        max_new_tokens: usize,
+        /// Only the first N problems of each benchmark.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Device: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Weight dtype: float32, bfloat16 or float16.
+        #[arg(long, default_value = "float32")]
+        dtype: String,
+        /// Seed of the sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Checks answers: reads JSONL lines {"gold": ..., "pred": ...} and prints one
     /// {"correct": true|false} line per input line, in order.
     Verify {
@@ -139,11 +176,92 @@ fn verify(input: PathBuf, threads: Option<usize>, skip_bad: bool) -> Result<()> 
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    model: PathBuf,
+    benchmarks: Vec<PathBuf>,
+    out: PathBuf,
+    samples: Option<usize>,
+    sampling: icpo_rollout::SamplingParams,
+    limit: Option<usize>,
+    options: LoadOptions,
+    seed: u64,
+) -> Result<()> {
+    let lm = CausalLm::load(&model, options)?;
+    let tok = icpo_policy::Tokenizer::from_dir(&model)?;
+    let builder = icpo_rollout::PromptBuilder::new(&tok);
+    let reward = icpo_verify::MathReward::default();
+    let mut rows = Vec::new();
+    let mut all = String::new();
+    for b in &benchmarks {
+        let (mut problems, _) = icpo_train::load_problems(b)?;
+        if let Some(n) = limit {
+            problems.truncate(n);
+        }
+        let name = b.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let k = samples.unwrap_or_else(|| icpo_train::protocol_samples(&name));
+        let cfg = icpo_train::EvalConfig {
+            sampling: sampling.clone(),
+            samples: k,
+            seed,
+            ..Default::default()
+        };
+        let r = icpo_train::evaluate(
+            &lm,
+            &tok,
+            &builder,
+            &problems,
+            &reward,
+            tok.eos_token_ids(),
+            &cfg,
+        )?;
+        let tmp = out.with_extension(format!("{name}.part"));
+        icpo_train::write_responses(&tmp, &name, &r)?;
+        all.push_str(&std::fs::read_to_string(&tmp)?);
+        std::fs::remove_file(&tmp)?;
+        rows.push((name, k, r.problems, r.accuracy));
+    }
+    std::fs::write(&out, all).with_context(|| format!("writing {}", out.display()))?;
+    println!("| benchmark | problems | samples | accuracy |\n|---|---|---|---|");
+    for (name, k, n, acc) in &rows {
+        let metric = if *k > 1 { format!("avg@{k}") } else { "pass@1".into() };
+        println!("| {name} | {n} | {metric} | {:.1}% |", 100.0 * acc);
+    }
+    let avg = rows.iter().map(|r| r.3).sum::<f64>() / rows.len().max(1) as f64;
+    println!("| average | | | {:.1}% |", 100.0 * avg);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Logits { model, ids, out, device, dtype } => {
             logits(model, &ids, out, &device, &dtype)
         }
         Command::Verify { input, threads, skip_bad } => verify(input, threads, skip_bad),
+        Command::Eval {
+            model,
+            benchmarks,
+            out,
+            samples,
+            temperature,
+            top_p,
+            max_new_tokens,
+            limit,
+            device,
+            dtype,
+            seed,
+        } => {
+            let sampling = icpo_rollout::SamplingParams {
+                temperature,
+                top_p,
+                max_new_tokens,
+                ..Default::default()
+            };
+            let options = LoadOptions {
+                device: parse_device(&device)?,
+                dtype: DType::from_hf_name(&dtype).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+            };
+            eval(model, benchmarks, out, samples, sampling, limit, options, seed)
+        }
     }
 }

@@ -124,3 +124,38 @@ fn verify_prints_one_verdict_per_line_in_order() {
     assert!(lines[1]["error"].as_str().unwrap().contains("malformed"));
     assert!(lines[2]["error"].as_str().unwrap().contains("gold"));
 }
+
+#[test]
+fn eval_writes_a_table_and_every_response() {
+    // A tiny benchmark whose gold answers a random model cannot hit, and a table of it.
+    let dir = tmp("evaldir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bench = dir.join("tinybench.jsonl");
+    std::fs::write(&bench, "{\"id\": \"a\", \"problem\": \"1+1?\", \"answer\": \"\\\\frac{123}{457}\"}\n{\"id\": \"b\", \"problem\": \"2+2?\", \"answer\": \"99999\"}\n").unwrap();
+    let out = tmp("responses.jsonl");
+    let o = icpo()
+        .args(["eval", "--model"])
+        .arg(testdata("tiny-qwen3"))
+        .arg("--benchmark")
+        .arg(&bench)
+        .arg("--out")
+        .arg(&out)
+        .args(["--samples", "2", "--max-new-tokens", "5"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("| tinybench | 2 | avg@2 | 0.0% |") && stdout.contains("| average |"),
+        "{stdout}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "2 problems × 2 samples");
+    assert!(lines
+        .iter()
+        .all(|l| l["reward"] == 0.0 && l["benchmark"] == "tinybench" && l["response"].is_string()));
+}

@@ -423,3 +423,36 @@ mod tests {
         assert!(TrainConfig::load(None, &[]).unwrap_err().to_string().contains("model.path"));
     }
 }
+
+#[cfg(test)]
+mod paper_configs {
+    use super::*;
+
+    /// Every file in configs/ is a valid config whose values are the spec's §6.
+    #[test]
+    fn shipped_configs_parse_with_the_papers_values() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = TrainConfig::load(Some(&path), &[]).unwrap();
+                assert_eq!(
+                    (c.optim.lr, c.trainer.total_steps, c.trainer.batch_prompts),
+                    (1e-6, 400, 128),
+                    "{path:?}"
+                );
+                assert_eq!(
+                    (c.loss.ief_lambda, c.loss.kl_coef, c.rollout.max_new_tokens),
+                    (0.1, 0.001, 8192)
+                );
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                assert_eq!(c.algorithm.ief, !name.contains("grpo"), "{name}");
+                assert_eq!(c.algorithm.shaping, name.contains("-rs"), "{name}");
+                assert_eq!(c.optim.mini_batch_prompts, if name.contains("8b") { 32 } else { 64 });
+                n += 1;
+            }
+        }
+        assert_eq!(n, 6);
+    }
+}

@@ -113,3 +113,27 @@ pub fn evaluate(
         if rewards.is_empty() { 0.0 } else { rewards.iter().sum::<f64>() / rewards.len() as f64 };
     Ok(EvalResult { accuracy, problems: problems.len(), samples: cfg.samples, responses })
 }
+
+/// Samples per problem of ICPO.md §7 for a benchmark file name: avg@32 for AIME and AMC,
+/// pass@1 otherwise.
+pub fn protocol_samples(benchmark: &str) -> usize {
+    let name = benchmark.to_lowercase();
+    if name.contains("aime") || name.contains("amc") {
+        32
+    } else {
+        1
+    }
+}
+
+/// Writes every graded response as one JSON line (so a user can audit the grader).
+pub fn write_responses(path: &std::path::Path, benchmark: &str, result: &EvalResult) -> Result<()> {
+    let mut text = String::new();
+    for g in &result.responses {
+        let mut v = serde_json::to_value(g)
+            .map_err(|e| crate::error::TrainError::Aborted(e.to_string()))?;
+        v["benchmark"] = serde_json::Value::String(benchmark.to_string());
+        text.push_str(&v.to_string());
+        text.push('\n');
+    }
+    crate::error::write_atomic(path, text.as_bytes())
+}

@@ -27,7 +27,7 @@ pub use config::{
 };
 pub use data::{load_problems, Cursor, Problem};
 pub use error::{Result, TrainError};
-pub use eval::{evaluate, EvalConfig, EvalResult, Graded};
+pub use eval::{evaluate, protocol_samples, write_responses, EvalConfig, EvalResult, Graded};
 pub use optim::AdamW;
 pub use sft::supervised_step;
 pub use trainer::{Metrics, Scorer, Trainer};
