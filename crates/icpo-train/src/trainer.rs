@@ -381,7 +381,15 @@ impl Trainer {
                         response_mask: &b.response_mask,
                         is_ief: &b.is_ief,
                     };
-                    let loss = policy_loss(&inputs, &cfg.loss)?;
+                    let loss = match policy_loss(&inputs, &cfg.loss) {
+                        Ok(l) => l,
+                        // NaN/∞ log-probs from the policy: a non-finite update, not a crash.
+                        Err(icpo_loss::LossError::NonFinite(_)) => {
+                            finite = false;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     // Weight so that accumulated micro-batches equal the mini-batch's aggregate.
                     let w = match cfg.loss.loss_agg_mode {
                         LossAggMode::TokenMean => b.tokens as f64 / mb_tokens.max(1) as f64,

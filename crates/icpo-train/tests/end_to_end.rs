@@ -163,3 +163,105 @@ fn resumed_run_equals_uninterrupted_run() {
     assert!(ckpt.join("tokenizer.json").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// A run as `icpo_math --config` does it: config file, JSONL problems, demo pool from
+/// ../shared, `fit` with checkpoints and metrics, then `resume` for one more step.
+#[test]
+fn fit_from_files_checkpoints_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("icpo-e2e-fit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let train = dir.join("train.jsonl");
+    std::fs::write(&train, "{\"id\": \"q1\", \"problem\": \"What is 1+1?\", \"answer\": \"2\"}\n{\"problem\": \"What is 2+2?\", \"answer\": 4}\n{\"problem\": \"No answer\", \"answer\": null}\n").unwrap();
+    let out = dir.join("run");
+    let toml_text = format!(
+        "[model]\npath = {:?}\n[data]\ntrain_path = {:?}\ndemo_pool_path = {:?}\nmax_prompt_tokens = 3000\n\
+         [rollout]\ngroup_size = 3\nmax_new_tokens = 4\n[trainer]\ntotal_steps = 2\nbatch_prompts = 2\nsave_every = 1\n\
+         eval_every = 0\noutput_dir = {:?}\n[optim]\nmini_batch_prompts = 1\nmicro_batch_size = 4\n",
+        tiny().display().to_string(),
+        train.display().to_string(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/train/math_train.jsonl"),
+        out.display().to_string()
+    );
+    let cfg_path = dir.join("run.toml");
+    std::fs::write(&cfg_path, toml_text).unwrap();
+    let build = |overrides: &[String]| {
+        let cfg = TrainConfig::load(Some(&cfg_path), overrides).unwrap();
+        let (problems, skipped) = icpo_train::load_problems(&cfg.data.train_path).unwrap();
+        assert_eq!((problems.len(), skipped), (2, 1));
+        let demos = DemoPool::from_jsonl(&cfg.data.demo_pool_path).unwrap();
+        let policy = CausalLm::load(&cfg.model.path, LoadOptions::default()).unwrap();
+        let reference = CausalLm::load(&cfg.model.path, LoadOptions::default()).unwrap();
+        let tok = Tokenizer::from_dir(&cfg.model.path).unwrap();
+        Trainer::new(
+            cfg,
+            policy,
+            Some(reference),
+            tok,
+            problems,
+            Some(demos),
+            Scorer::Text(Box::new(icpo_verify::MathReward::default())),
+        )
+        .unwrap()
+    };
+    let mut t = build(&[]);
+    let mut seen = 0;
+    t.fit(|_, m| {
+        assert!(m["actor/pg_loss"].is_finite() && m["actor/kl"].is_finite());
+        seen += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, 2);
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(lines(&out.join("metrics.jsonl")), 2);
+    assert!(
+        out.join("step_000001/trainer_state.json").exists()
+            && out.join("step_000002/policy/model.safetensors").exists()
+    );
+    assert_eq!(std::fs::read_to_string(out.join("latest")).unwrap(), "step_000002");
+    assert!(!out.join("step_000002.tmp").exists(), "no half-written checkpoint left behind");
+
+    let mut resumed = build(&["trainer.total_steps=3".to_string()]);
+    resumed.resume(&out).unwrap();
+    assert_eq!(resumed.step(), 2);
+    resumed.fit(|_, _| Ok(())).unwrap();
+    assert_eq!(lines(&out.join("metrics.jsonl")), 3);
+    assert!(out.join("step_000003").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nonfinite_updates_abort_after_k_in_a_row_without_damage() {
+    let out = std::env::temp_dir().join(format!("icpo-e2e-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = format!("trainer.output_dir=\"{}\"", out.display());
+    let mut t = trainer(
+        config("unused", &[&o, "trainer.max_nonfinite_in_a_row=2", "algorithm.ief=false"]),
+        "e",
+    );
+    t.train_step().unwrap();
+    t.save_checkpoint(&out).unwrap();
+    // Poison the weights: every later loss is NaN.
+    for (_, w) in t.policy().named_weights() {
+        tch::no_grad(|| {
+            let _ = w.shallow_clone().fill_(f64::NAN);
+        });
+    }
+    let e = match t.train_step() {
+        Ok(m) => {
+            assert_eq!(
+                m["train/skipped_updates"], 1.0,
+                "first non-finite update skipped and logged"
+            );
+            t.train_step().unwrap_err().to_string()
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("non-finite") && e.contains("in a row"), "{e}");
+    // The checkpoint written before is intact.
+    let ckpt = CausalLm::load(out.join("step_000001/policy"), LoadOptions::default()).unwrap();
+    let w = &ckpt.named_weights()["model.norm.weight"];
+    assert!(w.isfinite().all().int64_value(&[]) == 1);
+    std::fs::remove_dir_all(&out).unwrap();
+}
