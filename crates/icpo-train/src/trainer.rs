@@ -25,12 +25,18 @@ use crate::optim::AdamW;
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
 pub type Metrics = BTreeMap<String, f64>;
 
+/// A reward on `(answer, response token ids)`.
+pub type TokenScore = dyn Fn(&str, &[i64]) -> f64 + Send + Sync;
+
+/// Per-token log-probs of each trajectory of a micro-batch, when computed.
+type RowLogprobs = Option<Vec<Vec<f32>>>;
+
 /// How rollouts are rewarded.
 pub enum Scorer {
     /// On the decoded response text against the problem's answer (the math verifier).
     Text(Box<dyn Reward>),
     /// On the response token ids against the answer (benchmarks, synthetic tasks).
-    Tokens(Box<dyn Fn(&str, &[i64]) -> f64 + Send + Sync>),
+    Tokens(Box<TokenScore>),
 }
 
 /// The trainer: policy, frozen reference, data, optimiser state and position.
@@ -204,7 +210,7 @@ impl Trainer {
         let seed_on = seed_for(cfg.trainer.seed, self.step, 1);
         let on = generate(
             &self.policy,
-            &Request { prompts: &plain, n: g, params: &params, eos_token_ids: &eos, seed: seed_on },
+            &Request { prompts: plain, n: g, params: &params, eos_token_ids: &eos, seed: seed_on },
             None,
             &engine,
         )?;
@@ -213,7 +219,7 @@ impl Trainer {
             generate(
                 &self.policy,
                 &Request {
-                    prompts: &ief_prompts,
+                    prompts: ief_prompts,
                     n: n_off,
                     params: &params,
                     eos_token_ids: &eos,
@@ -316,7 +322,7 @@ impl Trainer {
             let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
             let b = pad(&refs, self.policy.device())?;
             let (old, reflp) =
-                tch::no_grad(|| -> Result<(Option<Vec<Vec<f32>>>, Option<Vec<Vec<f32>>>)> {
+                tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
                     let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
                         let lp = model.response_logprobs(
                             &b.prompt_ids,
