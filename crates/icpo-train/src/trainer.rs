@@ -321,25 +321,24 @@ impl Trainer {
             }
             let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
             let b = pad(&refs, self.policy.device())?;
-            let (old, reflp) =
-                tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
-                    let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
-                        let lp = model.response_logprobs(
-                            &b.prompt_ids,
-                            &b.prompt_mask,
-                            &b.response_ids,
-                            &b.response_mask,
-                            false,
-                        )?;
-                        unpad(&lp.logprobs, &refs)
-                    };
-                    let o = if need_old_pass { Some(pass(&self.policy)?) } else { None };
-                    let r = match &self.reference {
-                        Some(reference) if need_ref_pass => Some(pass(reference)?),
-                        _ => None,
-                    };
-                    Ok((o, r))
-                })?;
+            let (old, reflp) = tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
+                let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
+                    let lp = model.response_logprobs(
+                        &b.prompt_ids,
+                        &b.prompt_mask,
+                        &b.response_ids,
+                        &b.response_mask,
+                        false,
+                    )?;
+                    unpad(&lp.logprobs, &refs)
+                };
+                let o = if need_old_pass { Some(pass(&self.policy)?) } else { None };
+                let r = match &self.reference {
+                    Some(reference) if need_ref_pass => Some(pass(reference)?),
+                    _ => None,
+                };
+                Ok((o, r))
+            })?;
             for (k, &i) in chunk.iter().enumerate() {
                 let n = trajs[i].response.len();
                 trajs[i].old_logp =
