@@ -137,6 +137,16 @@ impl AdamW {
     }
 }
 
+/// Sets every gradient to zero (after an update, or after a skipped one).
+pub(crate) fn zero_grads(params: &BTreeMap<String, Tensor>) {
+    for p in params.values() {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.f_zero_();
+        }
+    }
+}
+
 impl Default for AdamW {
     fn default() -> Self {
         Self::new()

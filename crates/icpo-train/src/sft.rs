@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 use crate::batch::{pad, Trajectory};
 use crate::config::OptimSection;
 use crate::error::{Result, TrainError};
-use crate::optim::AdamW;
+use crate::optim::{zero_grads, AdamW};
 
 /// One AdamW step on the mean negative log-likelihood of `responses` after `prompts` (token
 /// mean over the batch). Returns the loss before the update.
@@ -61,11 +61,6 @@ pub fn supervised_step(
     let params: BTreeMap<String, Tensor> = policy.named_weights().into_iter().collect();
     let norm = AdamW::grad_norm(&params)?;
     optim.step(&params, cfg, lr, norm)?;
-    for p in params.values() {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.f_zero_();
-        }
-    }
+    zero_grads(&params);
     Ok(value)
 }

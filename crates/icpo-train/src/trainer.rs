@@ -14,13 +14,12 @@ use icpo_verify::Reward;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tch::Tensor;
 
 use crate::batch::{pad, unpad, Trajectory};
 use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
-use crate::optim::AdamW;
+use crate::optim::{zero_grads, AdamW};
 
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
 pub type Metrics = BTreeMap<String, f64>;
@@ -519,11 +518,3 @@ impl Trainer {
     }
 }
 
-fn zero_grads(params: &BTreeMap<String, Tensor>) {
-    for p in params.values() {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.f_zero_();
-        }
-    }
-}
