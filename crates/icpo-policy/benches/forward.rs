@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
                         &mask.narrow(1, 0, p),
                         &resp,
                         &mask.narrow(1, p, r),
-                        false,
+                        icpo_policy::Entropy::Skip,
                     )
                     .unwrap()
             })
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
                     &mask.narrow(1, 0, p),
                     &resp,
                     &mask.narrow(1, p, r),
-                    false,
+                    icpo_policy::Entropy::Skip,
                 )
                 .unwrap();
             out.logprobs.sum(Kind::Float).backward();

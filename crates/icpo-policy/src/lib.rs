@@ -29,7 +29,7 @@ mod weights;
 pub use cache::KvCache;
 pub use config::{Architecture, DType, ModelConfig, RopeScaling};
 pub use error::{PolicyError, Result};
-pub use logprobs::TokenLogprobs;
+pub use logprobs::{Entropy, TokenLogprobs};
 pub use model::{CausalLm, DeviceOpt, LoadOptions};
 pub use tokenizer::{render_chat_template, ChatMessage, Tokenizer};
 pub use weights::{load_safetensors, save_safetensors, DEFAULT_MAX_SHARD_BYTES};

@@ -5,6 +5,18 @@ use tch::{Kind, Tensor};
 use crate::error::{PolicyError, Result};
 use crate::model::CausalLm;
 
+/// Whether and how [`CausalLm::response_logprobs`] computes per-token entropy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entropy {
+    /// No entropy.
+    Skip,
+    /// Entropy as a metric, without gradient (no extra memory).
+    Metric,
+    /// Entropy with gradient, for an entropy bonus in the loss (keeps the probabilities of
+    /// the response positions for the backward pass).
+    Differentiable,
+}
+
 /// Output of [`CausalLm::response_logprobs`].
 ///
 /// # Shapes
@@ -14,7 +26,7 @@ use crate::model::CausalLm;
 pub struct TokenLogprobs {
     /// `log π(o_t | prompt, o_<t)` of each response token; differentiable when grad is enabled.
     pub logprobs: Tensor,
-    /// Entropy of the next-token distribution at each response position (no gradient).
+    /// Entropy of the next-token distribution at each response position (see [`Entropy`]).
     pub entropy: Option<Tensor>,
 }
 
@@ -26,8 +38,7 @@ impl CausalLm {
     ///
     /// Only the positions that predict response tokens go through the output projection, in
     /// chunks of positions, so no more than one `(batch, response_len, vocab)` float tensor is
-    /// alive (and none at all without autograd). Entropy is a metric: it is computed without
-    /// gradient.
+    /// alive (and none at all without autograd) unless [`Entropy::Differentiable`] is asked for.
     ///
     /// # Shapes
     /// - `prompt_ids`, `prompt_mask`: `(batch, prompt_len)`, left padded; every row needs at
@@ -40,7 +51,7 @@ impl CausalLm {
         prompt_mask: &Tensor,
         response_ids: &Tensor,
         response_mask: &Tensor,
-        with_entropy: bool,
+        entropy: Entropy,
     ) -> Result<TokenLogprobs> {
         let (ps, rs) = (prompt_ids.size(), response_ids.size());
         if ps.len() != 2
@@ -56,6 +67,7 @@ impl CausalLm {
             )));
         }
         let (batch, plen, rlen) = (ps[0], ps[1], rs[1]);
+        let with_entropy = entropy != Entropy::Skip;
         let device = self.device();
         let rmask = response_mask.f_to_device(device)?.f_to_kind(Kind::Float)?;
         if rlen == 0 || batch == 0 {
@@ -106,14 +118,20 @@ impl CausalLm {
             let picked = logits.f_gather(-1, &tgt, false)?.f_squeeze_dim(-1)?;
             lps.push(picked.f_sub(&lse)?);
             if with_entropy {
-                let ent = tch::no_grad(|| -> Result<Tensor> {
+                // H = logsumexp − Σ p·logit.
+                let compute = || -> Result<Tensor> {
                     let p = logits.f_sub(&lse.f_unsqueeze(-1)?)?.f_exp()?;
                     Ok(lse.f_sub(&p.f_mul(&logits)?.f_sum_dim_intlist(
                         -1,
                         false,
                         Kind::Float,
                     )?)?)
-                })?;
+                };
+                let ent = if entropy == Entropy::Differentiable {
+                    compute()?
+                } else {
+                    tch::no_grad(compute)?
+                };
                 ents.push(ent);
             }
             start += n;

@@ -136,7 +136,7 @@ fn response_logprobs_match_transformers() {
                 &g["resp_prompt_mask"],
                 &g["resp_ids"],
                 &g["resp_mask"],
-                true,
+                icpo_policy::Entropy::Metric,
             )
             .unwrap();
         let d = max_abs_diff(&out.logprobs, &g["resp_logprobs"]);
@@ -156,7 +156,7 @@ fn response_logprobs_are_differentiable() {
             &g["resp_prompt_mask"],
             &g["resp_ids"],
             &g["resp_mask"],
-            false,
+            icpo_policy::Entropy::Skip,
         )
         .unwrap();
     out.logprobs.sum(Kind::Float).backward();
@@ -191,4 +191,33 @@ fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("icpo-policy-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+#[test]
+fn entropy_is_differentiable_only_when_asked() {
+    let g = golden("tiny-qwen3");
+    let model = load("tiny-qwen3");
+    let run = |mode| {
+        model
+            .response_logprobs(
+                &g["resp_prompt_ids"],
+                &g["resp_prompt_mask"],
+                &g["resp_ids"],
+                &g["resp_mask"],
+                mode,
+            )
+            .unwrap()
+            .entropy
+            .unwrap()
+    };
+    let metric = run(icpo_policy::Entropy::Metric);
+    let diff = run(icpo_policy::Entropy::Differentiable);
+    assert!(!metric.requires_grad() && diff.requires_grad());
+    assert!(
+        max_abs_diff(&metric, &g["resp_entropy"]) <= TOL
+            && max_abs_diff(&diff, &g["resp_entropy"]) <= TOL
+    );
+    diff.sum(Kind::Float).backward();
+    let embed = &model.named_weights()["model.embed_tokens.weight"];
+    assert!(embed.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }

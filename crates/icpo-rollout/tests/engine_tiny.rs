@@ -80,7 +80,7 @@ fn returned_logprobs_equal_a_separate_forward() {
                     &Tensor::ones([1, p.len() as i64], (Kind::Int64, tch::Device::Cpu)),
                     &Tensor::from_slice(&r.tokens).unsqueeze(0),
                     &Tensor::ones([1, r.tokens.len() as i64], (Kind::Int64, tch::Device::Cpu)),
-                    false,
+                    icpo_policy::Entropy::Skip,
                 )
                 .unwrap();
             let want: Vec<f32> = Vec::try_from(&lp.logprobs.squeeze_dim(0)).unwrap();

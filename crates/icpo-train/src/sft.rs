@@ -49,7 +49,7 @@ pub fn supervised_step(
         &b.prompt_mask,
         &b.response_ids,
         &b.response_mask,
-        false,
+        icpo_policy::Entropy::Skip,
     )?;
     let n = b.response_mask.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
     let loss = lp.logprobs.f_neg()?.f_sum(Kind::Float)?.f_div(&n)?;

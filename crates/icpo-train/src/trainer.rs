@@ -308,6 +308,12 @@ impl Trainer {
         // are the detached ones of the update's own forward pass (as verl and TRL do), so the
         // separate pass is skipped. The reference pass is still needed when β > 0.
         let single_update = cfg.optim.ppo_epochs == 1 && trajs.len() <= mini;
+        // The entropy bonus needs its gradient; otherwise entropy is only a metric.
+        let entropy_mode = if cfg.loss.entropy_coef > 0.0 {
+            icpo_policy::Entropy::Differentiable
+        } else {
+            icpo_policy::Entropy::Metric
+        };
         let need_old_pass = !single_update;
         let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
         for chunk in (0..trajs.len()).collect::<Vec<_>>().chunks(micro) {
@@ -327,7 +333,7 @@ impl Trainer {
                         &b.prompt_mask,
                         &b.response_ids,
                         &b.response_mask,
-                        false,
+                        icpo_policy::Entropy::Skip,
                     )?;
                     unpad(&lp.logprobs, &refs)
                 };
@@ -372,7 +378,7 @@ impl Trainer {
                         &b.prompt_mask,
                         &b.response_ids,
                         &b.response_mask,
-                        true,
+                        entropy_mode,
                     )?;
                     let entropy = out.entropy.as_ref();
                     let detached = out.logprobs.f_detach()?;
@@ -517,4 +523,3 @@ impl Trainer {
         out.join(format!("step_{step:06}"))
     }
 }
-
