@@ -39,7 +39,7 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// JSONL with `problem` and `answer` per line (required).
+    /// JSONL with `problem` and `answer` per line, or verl-layout `.parquet` (required).
     pub train_path: String,
     /// JSONL demo pool with `problem` and `solution`. Default MATH train in ../shared.
     pub demo_pool_path: String,

@@ -20,11 +20,16 @@ pub struct Problem {
     pub answer: String,
 }
 
-/// Reads JSONL with `problem` and `answer` (a string or a number) per line; `id` optional.
-/// Rows whose answer is null are skipped (MATH train has two); any other malformed line is an
-/// error naming the file and line. Returns the problems and how many rows were skipped.
+/// Reads training or evaluation problems: JSONL with `problem` and `answer` (a string or a
+/// number) per line, `id` optional; or a `.parquet` file in the verl / LUFFY layout (see
+/// [`load_verl_parquet`]). Rows whose answer is null are skipped (MATH train has two); any other
+/// malformed row is an error naming the file and line. Returns the problems and how many rows
+/// were skipped.
 pub fn load_problems(path: impl AsRef<Path>) -> Result<(Vec<Problem>, usize)> {
     let path = path.as_ref();
+    if path.extension().is_some_and(|e| e == "parquet") {
+        return load_verl_parquet(path);
+    }
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let mut out = Vec::new();
     let mut skipped = 0;
@@ -51,6 +56,77 @@ pub fn load_problems(path: impl AsRef<Path>) -> Result<(Vec<Problem>, usize)> {
     }
     if out.is_empty() {
         return Err(TrainError::Data { path: path.into(), line: 0, message: "no problems".into() });
+    }
+    Ok((out, skipped))
+}
+
+/// Reads the verl / LUFFY parquet layout (OpenR1-Math-46k ships in it): the problem is the
+/// content of the last `user` message of the `prompt` list, the answer is
+/// `reward_model.ground_truth`, the id `extra_info.index` (else the row number). Those prompts
+/// usually carry their instruction already: set `data.instruction = ""` when training on them.
+pub fn load_verl_parquet(path: &Path) -> Result<(Vec<Problem>, usize)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let bad = |line: usize, message: String| TrainError::Data { path: path.into(), line, message };
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let reader =
+        SerializedFileReader::new(file).map_err(|e| bad(0, format!("not a parquet file: {e}")))?;
+    let rows = reader.get_row_iter(None).map_err(|e| bad(0, e.to_string()))?;
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for (i, row) in rows.enumerate() {
+        let row = row.map_err(|e| bad(i + 1, e.to_string()))?;
+        let get =
+            |name: &str| row.get_column_iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v);
+        let problem = match get("prompt") {
+            Some(Field::ListInternal(list)) => list
+                .elements()
+                .iter()
+                .rev()
+                .find_map(|m| match m {
+                    Field::Group(msg) => {
+                        let f = |k: &str| {
+                            msg.get_column_iter().find(|(n, _)| n.as_str() == k).map(|(_, v)| v)
+                        };
+                        match (f("role"), f("content")) {
+                            (Some(Field::Str(r)), Some(Field::Str(c))) if r == "user" => {
+                                Some(c.clone())
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| bad(i + 1, "`prompt` has no user message".into()))?,
+            _ => return Err(bad(i + 1, "missing list column `prompt`".into())),
+        };
+        let answer = match get("reward_model") {
+            Some(Field::Group(rm)) => match rm
+                .get_column_iter()
+                .find(|(k, _)| k.as_str() == "ground_truth")
+                .map(|(_, v)| v)
+            {
+                Some(Field::Str(s)) => s.clone(),
+                Some(Field::Null) | None => {
+                    skipped += 1;
+                    continue;
+                }
+                Some(other) => other.to_string(),
+            },
+            _ => return Err(bad(i + 1, "missing struct column `reward_model`".into())),
+        };
+        let id = match get("extra_info") {
+            Some(Field::Group(x)) => x
+                .get_column_iter()
+                .find(|(k, _)| k.as_str() == "index")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| format!("row {}", i + 1)),
+            _ => format!("row {}", i + 1),
+        };
+        out.push(Problem { id, problem, answer });
+    }
+    if out.is_empty() {
+        return Err(bad(0, "no problems".into()));
     }
     Ok((out, skipped))
 }
@@ -100,6 +176,25 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_verl_parquet_layout() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/verl_sample.parquet");
+        let (p, skipped) = load_problems(&path).unwrap();
+        assert_eq!(skipped, 0);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[1].problem, "Find $x$ if $2x = 6$.");
+        assert_eq!(p[2].answer, "\\frac{3}{4}");
+        assert_eq!(p[0].id, "0");
+        let e = load_problems(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../testdata/tiny-qwen3/config.json")
+                .with_extension("parquet"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("config.parquet"), "{e}");
+    }
 
     #[test]
     fn cursor_is_resumable_and_covers_each_epoch() {
