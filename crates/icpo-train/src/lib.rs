@@ -25,7 +25,7 @@ pub use config::{
     AlgorithmSection, DataSection, LrSchedule, ModelSection, OptimSection, RolloutSection,
     TrainConfig, TrainerSection,
 };
-pub use data::{load_problems, Cursor, Problem};
+pub use data::{load_problems, load_verl_parquet, Cursor, Problem};
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, protocol_samples, write_responses, EvalConfig, EvalResult, Graded};
 pub use optim::AdamW;
