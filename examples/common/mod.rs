@@ -6,7 +6,7 @@
 pub mod plot;
 pub mod task;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use icpo::policy::{CausalLm, LoadOptions, Tokenizer};
@@ -242,7 +242,7 @@ pub fn run(s: &Settings) -> Result<Report> {
             cfg,
             policy,
             None,
-            tok_clone(&warm_dir)?,
+            Tokenizer::from_dir(&warm_dir)?,
             problems,
             demos,
             Scorer::Text(Box::new(MathReward::default())),
@@ -294,8 +294,4 @@ pub fn run(s: &Settings) -> Result<Report> {
     std::fs::write(s.out_dir.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     std::fs::write(s.out_dir.join("table.md"), &report.table)?;
     Ok(report)
-}
-
-fn tok_clone(dir: &Path) -> Result<Tokenizer> {
-    Ok(Tokenizer::from_dir(dir)?)
 }

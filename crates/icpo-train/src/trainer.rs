@@ -1,7 +1,7 @@
 //! One ICPO training step (ICPO.md §1–5) and the loop around it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
@@ -516,10 +516,5 @@ impl Trainer {
     /// The checkpoint directory name of the current step.
     pub fn checkpoint_name(&self) -> String {
         format!("step_{:06}", self.step)
-    }
-
-    /// Path of a checkpoint directory under `out`.
-    pub fn checkpoint_path(out: &Path, step: u64) -> PathBuf {
-        out.join(format!("step_{step:06}"))
     }
 }
