@@ -58,6 +58,23 @@ fn rows_f32(rows: &[&[f32]], width: usize, device: Device) -> Result<Tensor> {
         .f_to_device(device)?)
 }
 
+impl Padded {
+    /// The policy's per-token log-probs of these responses after these prompts.
+    pub(crate) fn logprobs(
+        &self,
+        model: &icpo_policy::CausalLm,
+        entropy: icpo_policy::Entropy,
+    ) -> Result<icpo_policy::TokenLogprobs> {
+        Ok(model.response_logprobs(
+            &self.prompt_ids,
+            &self.prompt_mask,
+            &self.response_ids,
+            &self.response_mask,
+            entropy,
+        )?)
+    }
+}
+
 /// Pads trajectories into tensors on `device`.
 pub(crate) fn pad(trajs: &[&Trajectory], device: Device) -> Result<Padded> {
     let b = trajs.len();

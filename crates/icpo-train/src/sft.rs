@@ -44,13 +44,7 @@ pub fn supervised_step(
         .collect();
     let refs: Vec<&Trajectory> = trajs.iter().collect();
     let b = pad(&refs, policy.device())?;
-    let lp = policy.response_logprobs(
-        &b.prompt_ids,
-        &b.prompt_mask,
-        &b.response_ids,
-        &b.response_mask,
-        icpo_policy::Entropy::Skip,
-    )?;
+    let lp = b.logprobs(policy, icpo_policy::Entropy::Skip)?;
     let n = b.response_mask.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
     let loss = lp.logprobs.f_neg()?.f_sum(Kind::Float)?.f_div(&n)?;
     let value = loss.f_double_value(&[])?;

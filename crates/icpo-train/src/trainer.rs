@@ -328,13 +328,7 @@ impl Trainer {
             let b = pad(&refs, self.policy.device())?;
             let (old, reflp) = tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
                 let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
-                    let lp = model.response_logprobs(
-                        &b.prompt_ids,
-                        &b.prompt_mask,
-                        &b.response_ids,
-                        &b.response_mask,
-                        icpo_policy::Entropy::Skip,
-                    )?;
+                    let lp = b.logprobs(model, icpo_policy::Entropy::Skip)?;
                     unpad(&lp.logprobs, &refs)
                 };
                 let o = if need_old_pass { Some(pass(&self.policy)?) } else { None };
@@ -373,13 +367,7 @@ impl Trainer {
                 for mc in mb.chunks(micro) {
                     let refs: Vec<&Trajectory> = mc.iter().map(|&i| &trajs[i]).collect();
                     let b = pad(&refs, self.policy.device())?;
-                    let out = self.policy.response_logprobs(
-                        &b.prompt_ids,
-                        &b.prompt_mask,
-                        &b.response_ids,
-                        &b.response_mask,
-                        entropy_mode,
-                    )?;
+                    let out = b.logprobs(&self.policy, entropy_mode)?;
                     let entropy = out.entropy.as_ref();
                     let detached = out.logprobs.f_detach()?;
                     let inputs = LossInputs {
