@@ -145,13 +145,12 @@ fn scalar_eq(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> boo
             return true;
         }
         // A decimal written to d places matches the other side rounded to d places.
-        for (dec_side, other, other_expr) in [(p, a, g), (g, b, p)] {
-            if let Some(d) = decimals_of(dec_side) {
-                if d >= 1 && decimals_of(other_expr).is_none() {
-                    let target = if std::ptr::eq(dec_side, p) { b } else { a };
-                    if round_to(other, d) == *target {
-                        return true;
-                    }
+        // (decimal side, its value, other side, its value), both ways round.
+        for (dec, dec_value, other, other_value) in [(p, b, g, a), (g, a, p, b)] {
+            if let Some(d) = decimals_of(dec) {
+                if d >= 1 && decimals_of(other).is_none() && round_to(other_value, d) == *dec_value
+                {
+                    return true;
                 }
             }
         }

@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
+use crate::normalize::re;
+
 /// Longest text inspected: the tail of longer responses (answers come last).
 pub const MAX_TEXT_BYTES: usize = 200_000;
 /// Deepest brace nesting followed; deeper input is treated as having no answer there.
@@ -184,30 +186,17 @@ fn math_envs(s: &str) -> Vec<(usize, usize, String)> {
 
 fn number_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"-?(?:\d{1,3}(?:(?:,|\{,\}|,\\!| )\d{3})+(?:\.\d+)?|\d+(?:[.,]\d+)?|\.\d+)")
-            .unwrap_or_else(|_| unreachable_regex())
-    })
+    re(&RE, || r"-?(?:\d{1,3}(?:(?:,|\{,\}|,\\!| )\d{3})+(?:\.\d+)?|\d+(?:[.,]\d+)?|\.\d+)")
 }
 
 fn prose_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"(?:^|[^\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}")
-            .unwrap_or_else(|_| unreachable_regex())
-    })
+    re(&RE, || r"(?:^|[^\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}")
 }
 
 fn final_answer_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"(?i)final answer is[:\s]*").unwrap_or_else(|_| unreachable_regex())
-    })
-}
-
-// The patterns above are constants known to compile; keep library code panic-free anyway.
-fn unreachable_regex() -> Regex {
-    Regex::new("$^").unwrap_or_else(|_| unreachable_regex())
+    re(&RE, || r"(?i)final answer is[:\s]*")
 }
 
 fn is_connector(between: &str) -> bool {

@@ -6,16 +6,18 @@ use regex::Regex;
 
 const UNITS: &str = "cm|mm|km|m|meters?|metres?|miles?|mph|inch(?:es)?|in|feet|foot|ft|yards?|yd|kg|g|grams?|mg|lbs?|pounds?|ounces?|oz|seconds?|secs?|s|minutes?|mins?|hours?|hrs?|h|days?|weeks?|months?|years?|dollars?|cents?|yuan|euros?|degrees?|deg|units?|sq|square|cubic|liters?|litres?|L|ml|mL|people|students|points|ways";
 
-fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
-    cell.get_or_init(|| {
-        Regex::new(pattern)
-            .unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| unreachable_re()))
-    })
+/// The regex in `cell`, compiled from `pattern()` on first use (the pattern is only built then).
+/// Patterns are constants; should one not compile, it matches nothing rather than panicking.
+pub(crate) fn re<P: AsRef<str>>(
+    cell: &'static OnceLock<Regex>,
+    pattern: impl FnOnce() -> P,
+) -> &'static Regex {
+    cell.get_or_init(|| Regex::new(pattern().as_ref()).unwrap_or_else(|_| never()))
 }
 
-fn unreachable_re() -> Regex {
-    // "$^" always compiles; this is never reached.
-    Regex::new("$^").unwrap_or_else(|_| unreachable_re())
+fn never() -> Regex {
+    // "$^" always compiles; the recursion is never entered.
+    Regex::new("$^").unwrap_or_else(|_| never())
 }
 
 /// Normalises LaTeX: spacing commands, `\left`/`\right`, `\dfrac`, text-like commands, units,
@@ -28,13 +30,13 @@ pub fn normalize(s: &str) -> String {
     static TEXT_CMD: OnceLock<Regex> = OnceLock::new();
     static APPROX: OnceLock<Regex> = OnceLock::new();
     let mut t = s.to_string();
-    // Thousands separators first: `14{,}916`, `14 {, }916`, `12,\!000`.
-    t = re(&THOUSANDS, r"(\d)\s*(?:\{\s*,\s*\}|,\\!)\s*(\d{3})")
-        .replace_all(&t, "$1$2")
-        .into_owned();
-    t = re(&THOUSANDS, r"(\d)\s*(?:\{\s*,\s*\}|,\\!)\s*(\d{3})")
-        .replace_all(&t, "$1$2")
-        .into_owned();
+    // Thousands separators first: `14{,}916`, `14 {, }916`, `12,\!000`. Twice, since matches
+    // cannot overlap and `12{,}000{,}003` shares the middle group.
+    for _ in 0..2 {
+        t = re(&THOUSANDS, || r"(\d)\s*(?:\{\s*,\s*\}|,\\!)\s*(\d{3})")
+            .replace_all(&t, "$1$2")
+            .into_owned();
+    }
     for (from, to) in [
         ("\\left", ""),
         ("\\right", ""),
@@ -78,19 +80,24 @@ pub fn normalize(s: &str) -> String {
     ] {
         t = t.replace(from, to);
     }
-    t = re(&APPROX, r"\\approx.*$").replace(&t, "").into_owned();
+    t = re(&APPROX, || r"\\approx.*$").replace(&t, "").into_owned();
     t = control_space(&t);
     t = thousands_commas(&t);
     // Units written as text (`\text{ cm}^2`) or bare words after a number.
-    let text_unit = format!(r"\\text\{{\s*(?:{UNITS})(?:\s+(?:{UNITS}))*\s*\}}(?:\^\{{?\d\}}?)?");
-    t = re(&TEXT_UNIT, &text_unit).replace_all(&t, "").into_owned();
+    let text_unit =
+        || format!(r"\\text\{{\s*(?:{UNITS})(?:\s+(?:{UNITS}))*\s*\}}(?:\^\{{?\d\}}?)?");
+    t = re(&TEXT_UNIT, text_unit).replace_all(&t, "").into_owned();
     // Only before the end or a separator, so `2m+1` keeps its `m`.
-    let bare_unit = format!(
-        r"(\d|\}})\s*(?:{UNITS}|percentage|percent|pct)(?:\^\{{?\d\}}?|\^\d)?\s*($|[,;\)\]\}}])"
-    );
-    t = re(&BARE_UNIT, &bare_unit).replace_all(&t, "$1$2").into_owned();
+    let bare_unit = || {
+        format!(
+            r"(\d|\}})\s*(?:{UNITS}|percentage|percent|pct)(?:\^\{{?\d\}}?|\^\d)?\s*($|[,;\)\]\}}])"
+        )
+    };
+    t = re(&BARE_UNIT, bare_unit).replace_all(&t, "$1$2").into_owned();
     // `\text{(C)}` → `\text{C}`: answer letters.
-    t = re(&TEXT_CMD, r"\\text\{\s*\(([A-Za-z])\)\s*\}").replace_all(&t, "\\text{$1}").into_owned();
+    t = re(&TEXT_CMD, || r"\\text\{\s*\(([A-Za-z])\)\s*\}")
+        .replace_all(&t, "\\text{$1}")
+        .into_owned();
     let t = t.trim().trim_end_matches(['.', ',', ';', ' ', '\n']).trim();
     t.to_string()
 }
@@ -156,7 +163,7 @@ fn thousands_commas(s: &str) -> String {
 pub fn plain_number(s: &str) -> String {
     static DEC_COMMA: OnceLock<Regex> = OnceLock::new();
     let t = s.replace(' ', "").replace("{,}", "").replace(",\\!", "");
-    if re(&DEC_COMMA, r"^-?\d+,\d{1,2}$").is_match(&t) {
+    if re(&DEC_COMMA, || r"^-?\d+,\d{1,2}$").is_match(&t) {
         return t.replace(',', ".");
     }
     t.replace(',', "")
