@@ -287,8 +287,8 @@ impl Trainer {
                     reward,
                     shaped_reward: s,
                     advantage: 0.0,
-                    old_logp: Vec::new(),
-                    ref_logp: Vec::new(),
+                    old_logp: vec![0.0; r.tokens.len()],
+                    ref_logp: vec![0.0; r.tokens.len()],
                 });
             }
         }
@@ -316,14 +316,9 @@ impl Trainer {
         };
         let need_old_pass = !single_update;
         let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
-        for chunk in (0..trajs.len()).collect::<Vec<_>>().chunks(micro) {
-            if !need_old_pass && !need_ref_pass {
-                for &i in chunk {
-                    trajs[i].ref_logp = vec![0.0; trajs[i].response.len()];
-                    trajs[i].old_logp = vec![0.0; trajs[i].response.len()];
-                }
-                continue;
-            }
+        // Trajectories start with zero old/reference log-probs: only the passes needed run.
+        let passes = if need_old_pass || need_ref_pass { trajs.len() } else { 0 };
+        for chunk in (0..passes).collect::<Vec<_>>().chunks(micro) {
             let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
             let b = pad(&refs, self.policy.device())?;
             let (old, reflp) = tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
@@ -339,13 +334,12 @@ impl Trainer {
                 Ok((o, r))
             })?;
             for (k, &i) in chunk.iter().enumerate() {
-                let n = trajs[i].response.len();
-                trajs[i].old_logp =
-                    old.as_ref().map(|o| o[k].clone()).unwrap_or_else(|| vec![0.0; n]);
-                trajs[i].ref_logp = reflp
-                    .as_ref()
-                    .map(|r| r[k].clone())
-                    .unwrap_or_else(|| vec![0.0; trajs[i].response.len()]);
+                if let Some(o) = &old {
+                    trajs[i].old_logp = o[k].clone();
+                }
+                if let Some(r) = &reflp {
+                    trajs[i].ref_logp = r[k].clone();
+                }
             }
         }
 
