@@ -3,7 +3,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{PolicyError, Result};
-use crate::model::CausalLm;
+use crate::model::{attention_mask_4d, check_ids, CausalLm, Past};
 
 /// Whether and how [`CausalLm::response_logprobs`] computes per-token entropy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,20 +89,23 @@ impl CausalLm {
                 "response_logprobs: prompts must be left padded (the last prompt column must be a real token in every row)".into(),
             ));
         }
-        let ids = Tensor::f_cat(
-            &[prompt_ids.f_to_device(device)?, response_ids.f_to_device(device)?],
-            1,
-        )?;
-        let mask = Tensor::f_cat(
-            &[
-                pmask.f_to_kind(Kind::Int64)?,
-                response_mask.f_to_device(device)?.f_to_kind(Kind::Int64)?,
-            ],
-            1,
-        )?;
-        let hidden = self.hidden_states(&ids, Some(&mask))?;
-        // Position p predicts token p + 1: the response is predicted from plen-1 .. plen+rlen-2.
-        let hidden = hidden.f_narrow(1, plen - 1, rlen)?;
+        let hidden = match self.shared_prompt_hidden(prompt_ids, &pmask, response_ids, &rmask)? {
+            Some(hidden) => hidden,
+            None => {
+                let ids = Tensor::f_cat(
+                    &[prompt_ids.f_to_device(device)?, response_ids.f_to_device(device)?],
+                    1,
+                )?;
+                let mask = Tensor::f_cat(
+                    &[pmask.f_to_kind(Kind::Int64)?, rmask.f_to_kind(Kind::Int64)?],
+                    1,
+                )?;
+                let hidden = self.hidden_states(&ids, Some(&mask))?;
+                // Position p predicts token p + 1: the response is predicted from
+                // plen-1 .. plen+rlen-2.
+                hidden.f_narrow(1, plen - 1, rlen)?
+            }
+        };
         let targets = response_ids.f_to_device(device)?;
         let vocab = self.config().vocab_size;
         let step = (CHUNK_ELEMENTS / (batch * vocab)).max(1);
@@ -140,5 +143,57 @@ impl CausalLm {
         let entropy =
             if with_entropy { Some(Tensor::f_cat(&ents, 1)?.f_mul(&rmask)?) } else { None };
         Ok(TokenLogprobs { logprobs, entropy })
+    }
+}
+
+impl CausalLm {
+    /// The hidden states that predict each response token, `(batch, response_len, hidden)`,
+    /// computing each run of identical consecutive prompt rows once (a GRPO group shares its
+    /// prompt, and IEF rollouts are scored after the same plain prompt): the prompt pass runs on
+    /// the distinct prompts, and the responses attend to their prompt's keys and values. `None`
+    /// when no two consecutive rows share a prompt. Differentiable, exact up to float rounding.
+    fn shared_prompt_hidden(
+        &self,
+        prompt_ids: &Tensor,
+        pmask: &Tensor,
+        response_ids: &Tensor,
+        rmask: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let device = self.device();
+        let (batch, plen) = check_ids(prompt_ids, Some(pmask), self.config().vocab_size, "prompt")?;
+        let rlen = response_ids.size()[1];
+        let pmask = pmask.f_to_kind(Kind::Int64)?;
+        let key = Tensor::f_cat(&[&pmask, &prompt_ids.f_to_device(device)?], 1)?;
+        let (distinct, row_of, _) = key.f_unique_consecutive(true, false, 0)?;
+        let unique = distinct.size()[0];
+        if unique == batch {
+            return Ok(None);
+        }
+        check_ids(response_ids, None, self.config().vocab_size, "response")?;
+        // Prompt pass over the distinct prompts, keeping every layer's keys and values.
+        let (u_mask, u_ids) = (distinct.f_narrow(1, 0, plen)?, distinct.f_narrow(1, plen, plen)?);
+        let u_keys = u_mask.f_ne(0)?;
+        let positions = u_keys.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?;
+        let mask = attention_mask_4d(&u_keys, plen, 0)?;
+        let mut kv = Vec::new();
+        let prompt_hidden =
+            self.run_layers(&u_ids, &positions, &mask, Past::None, Some(&mut kv))?;
+        let rows = row_of.f_to_device(device)?;
+        let kv = kv
+            .into_iter()
+            .map(|(k, v)| Ok((k.f_index_select(0, &rows)?, v.f_index_select(0, &rows)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // Response pass: positions continue after each row's prompt.
+        let r_keys = rmask.f_ne(0)?;
+        let start = u_keys.f_sum_dim_intlist(1, true, Kind::Int64)?.f_index_select(0, &rows)?;
+        let positions =
+            r_keys.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_add(&start)?.f_clamp_min(0)?;
+        let key_mask = Tensor::f_cat(&[&u_keys.f_index_select(0, &rows)?, &r_keys], 1)?;
+        let mask = attention_mask_4d(&key_mask, rlen, plen)?;
+        let ids = response_ids.f_to_device(device)?;
+        let response_hidden = self.run_layers(&ids, &positions, &mask, Past::Prefix(&kv), None)?;
+        // The last prompt position predicts the first response token.
+        let last = prompt_hidden.f_select(1, plen - 1)?.f_index_select(0, &rows)?.f_unsqueeze(1)?;
+        Ok(Some(Tensor::f_cat(&[last, response_hidden.f_narrow(1, 0, rlen - 1)?], 1)?))
     }
 }

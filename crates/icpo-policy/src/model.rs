@@ -146,7 +146,12 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(normed.f_mul(weight)?)
 }
 
-fn check_ids(ids: &Tensor, mask: Option<&Tensor>, vocab: i64, what: &str) -> Result<(i64, i64)> {
+pub(crate) fn check_ids(
+    ids: &Tensor,
+    mask: Option<&Tensor>,
+    vocab: i64,
+    what: &str,
+) -> Result<(i64, i64)> {
     let size = ids.size();
     if size.len() != 2 || ids.kind() != Kind::Int64 {
         return Err(PolicyError::Shape(format!(
@@ -322,7 +327,7 @@ impl CausalLm {
         };
         let positions = key_mask.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?;
         let mask = attention_mask_4d(&key_mask, seq, 0)?;
-        self.run_layers(&input_ids.f_to_device(device)?, &positions, &mask, None)
+        self.run_layers(&input_ids.f_to_device(device)?, &positions, &mask, Past::None, None)
     }
 
     /// Runs a prompt batch through the model and returns the logits of its last position
@@ -389,7 +394,8 @@ impl CausalLm {
             &input_ids.f_to_device(device)?,
             &positions,
             &mask,
-            Some((&mut *cache, start)),
+            Past::Cache(&mut *cache, start),
+            None,
         )?;
         cache.next_position =
             cache.next_position.f_add(&new_mask.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
@@ -402,12 +408,15 @@ impl CausalLm {
         &self.lm_head
     }
 
-    fn run_layers(
+    /// Embeds `ids`, runs every layer and the final norm; `(batch, t, hidden)`. `kv_out`
+    /// receives each layer's keys and values of these tokens (after RoPE).
+    pub(crate) fn run_layers(
         &self,
         ids: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
-        mut cache: Option<(&mut KvCache, i64)>,
+        mut past: Past<'_>,
+        mut kv_out: Option<&mut Vec<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let eps = c.rms_norm_eps;
@@ -429,8 +438,11 @@ impl CausalLm {
             }
             let q = rope::apply(&q.f_transpose(1, 2)?, &cos, &sin)?;
             let k = rope::apply(&k.f_transpose(1, 2)?, &cos, &sin)?;
-            let (k, v) = match cache.as_mut() {
-                Some((cache, start)) => {
+            if let Some(out) = kv_out.as_mut() {
+                out.push((k.shallow_clone(), v.shallow_clone()));
+            }
+            let (k, v) = match &mut past {
+                Past::Cache(cache, start) => {
                     cache.keys[li].f_narrow(2, *start, t)?.f_copy_(&k)?;
                     cache.values[li].f_narrow(2, *start, t)?.f_copy_(&v)?;
                     (
@@ -438,7 +450,17 @@ impl CausalLm {
                         cache.values[li].f_narrow(2, 0, *start + t)?,
                     )
                 }
-                None => (k, v),
+                Past::Prefix(kv) => {
+                    let (pk, pv) = kv.get(li).ok_or_else(|| {
+                        PolicyError::Shape(format!(
+                            "shared prefix has {} layers of keys, the model {}",
+                            kv.len(),
+                            self.layers.len()
+                        ))
+                    })?;
+                    (Tensor::f_cat(&[pk, &k], 2)?, Tensor::f_cat(&[pv, &v], 2)?)
+                }
+                Past::None => (k, v),
             };
             // Grouped-query attention without materialising repeated keys and values.
             let attn = Tensor::f_scaled_dot_product_attention(
@@ -463,9 +485,20 @@ impl CausalLm {
     }
 }
 
+/// Where attention finds the keys and values of earlier tokens.
+pub(crate) enum Past<'a> {
+    /// Nowhere: the tokens attend among themselves.
+    None,
+    /// The decoding cache: new keys are written at slot `start`; attention reads `0..start + t`.
+    Cache(&'a mut KvCache, i64),
+    /// A prefix's keys and values per layer, `(batch, kv_heads, prefix_len, head_dim)`, put
+    /// before the new tokens' without in-place writes, so gradients flow into the prefix.
+    Prefix(&'a [(Tensor, Tensor)]),
+}
+
 /// Boolean attention mask `(batch, 1, new, offset + new)`: a query sees real keys at or before
 /// its own slot, and always itself (so padding rows never softmax over nothing).
-fn attention_mask_4d(key_mask: &Tensor, new: i64, offset: i64) -> Result<Tensor> {
+pub(crate) fn attention_mask_4d(key_mask: &Tensor, new: i64, offset: i64) -> Result<Tensor> {
     let device = key_mask.device();
     let total = key_mask.size()[1];
     let kpos = Tensor::f_arange(total, (Kind::Int64, device))?.f_view([1, total])?;

@@ -164,6 +164,50 @@ fn response_logprobs_are_differentiable() {
     assert!(embed.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
 
+/// Each golden row twice in a row: the repeated prompts take the shared-prompt path (one
+/// prompt pass per distinct prompt), whose log-probs must still be transformers' and whose
+/// gradient must be twice that of the batch without repeats.
+#[test]
+fn repeated_prompts_are_computed_once_with_the_same_values_and_gradients() {
+    let cpu = (Kind::Int64, tch::Device::Cpu);
+    for name in MODELS {
+        let g = golden(name);
+        let (b, r) = (g["resp_ids"].size()[0], g["resp_ids"].size()[1]);
+        // Distinct weights per position, so that every position's gradient counts.
+        let w = Tensor::arange(b * r, cpu).remainder(7).to_kind(Kind::Float).view([b, r]) + 1.0;
+        let run = |index: &Tensor| -> (Tensor, Vec<(String, Tensor)>) {
+            let model = load(name);
+            let pick = |t: &Tensor| t.index_select(0, index);
+            let out = model
+                .response_logprobs(
+                    &pick(&g["resp_prompt_ids"]),
+                    &pick(&g["resp_prompt_mask"]),
+                    &pick(&g["resp_ids"]),
+                    &pick(&g["resp_mask"]),
+                    icpo_policy::Entropy::Skip,
+                )
+                .unwrap();
+            (&out.logprobs * pick(&w)).sum(Kind::Float).backward();
+            let mut grads: Vec<(String, Tensor)> =
+                model.named_weights().into_iter().map(|(n, t)| (n, t.grad().copy())).collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (out.logprobs.detach(), grads)
+        };
+        let twice = Tensor::arange(b, cpu).repeat_interleave_self_int(2, 0, None);
+        let (lp, shared) = run(&twice);
+        let d = max_abs_diff(&lp, &g["resp_logprobs"].index_select(0, &twice));
+        assert!(d <= TOL, "{name}: shared-prompt log-probs max |Δ| = {d:e}");
+        let (_, plain) = run(&Tensor::arange(b, cpu));
+        assert_eq!(shared.len(), plain.len());
+        for ((n, s), (_, p)) in shared.iter().zip(&plain) {
+            let scale = p.abs().max().double_value(&[]);
+            assert!(scale > 0.0, "{name}: {n} got no gradient");
+            let d = max_abs_diff(s, &(p * 2.0)) / scale;
+            assert!(d <= 1e-4, "{name}: {n}: relative gradient difference {d:e}");
+        }
+    }
+}
+
 #[test]
 fn save_then_reload_gives_the_same_logits() {
     for name in MODELS {

@@ -318,7 +318,9 @@ impl Trainer {
         let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
         // Trajectories start with zero old/reference log-probs: only the passes needed run.
         let passes = if need_old_pass || need_ref_pass { trajs.len() } else { 0 };
-        for chunk in (0..passes).collect::<Vec<_>>().chunks(micro) {
+        let mut by_group: Vec<usize> = (0..passes).collect();
+        by_group.sort_by_key(|&i| (trajs[i].group, i));
+        for chunk in by_group.chunks(micro) {
             let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
             let b = pad(&refs, self.policy.device())?;
             let (old, reflp) = tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
@@ -359,6 +361,9 @@ impl Trainer {
                 let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
                 let mut finite = true;
                 for mc in mb.chunks(micro) {
+                    // A group's rows side by side: their shared prompt is computed once.
+                    let mut mc = mc.to_vec();
+                    mc.sort_by_key(|&i| (trajs[i].group, i));
                     let refs: Vec<&Trajectory> = mc.iter().map(|&i| &trajs[i]).collect();
                     let b = pad(&refs, self.policy.device())?;
                     let out = b.logprobs(&self.policy, entropy_mode)?;
