@@ -32,7 +32,10 @@ fn main() -> Result<()> {
     let reference = tch::no_grad(|| cpu.forward(&ids, None))?.to_kind(Kind::Float);
     drop(cpu);
     for dtype in [DType::F32, DType::BF16] {
-        let gpu = CausalLm::load(&model_dir, LoadOptions { device: DeviceOpt::Cuda(0), dtype })?;
+        let gpu = CausalLm::load(
+            &model_dir,
+            LoadOptions { device: DeviceOpt::Cuda(0), dtype, ..Default::default() },
+        )?;
         let logits = tch::no_grad(|| gpu.forward(&ids, None))?
             .to_kind(Kind::Float)
             .to_device(tch::Device::Cpu);

@@ -7,7 +7,8 @@
 //! cargo run --release --example grpo_step_bench -- --model target/bench-qwen3 --prompts 8 --samples 8 \
 //!     --prompt-len 24 --new-tokens 64 --steps 3 --threads 2 --seed 0
 //! ```
-//! The last line printed is JSON with `step_seconds` (one entry a step). docs/benchmarks.md has
+//! One untimed warm-up step comes first. The last line printed is JSON with `step_seconds`
+//! (one entry a timed step). docs/benchmarks.md has
 //! the side-by-side measurement with TRL's GRPOTrainer (scripts/bench_trl_grpo.py).
 
 #![allow(missing_docs)] // an example, not an API
@@ -77,7 +78,8 @@ fn main() -> Result<()> {
     trainer.eos_token_ids = vec![eos];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
     let mut seconds = Vec::new();
-    for step in 0..a.steps {
+    // One untimed warm-up step first, as scripts/bench_trl_grpo.py does for TRL.
+    for step in 0..=a.steps {
         let prompts: Vec<Vec<i64>> = (0..a.prompts)
             .map(|_| (0..a.prompt_len).map(|_| rng.gen_range(0..vocab)).collect())
             .collect();
@@ -87,7 +89,9 @@ fn main() -> Result<()> {
             "step {step}: {:.3} s (generation {:.3}, scoring {:.3}, training {:.3}); mean length {:.1}",
             m["timing/step_s"], m["timing/generation_s"], m["timing/scoring_s"], m["timing/training_s"], m["response_length/mean"]
         );
-        seconds.push(m["timing/step_s"]);
+        if step > 0 {
+            seconds.push(m["timing/step_s"]);
+        }
     }
     println!(
         "{}",

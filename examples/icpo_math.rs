@@ -86,7 +86,7 @@ pub fn real_run(
                 .context("model.device: cpu, cuda or cuda:N")?,
         ),
     };
-    let opts = LoadOptions { device, dtype: cfg.model.dtype };
+    let opts = LoadOptions { device, dtype: cfg.model.dtype, ..Default::default() };
     let policy = CausalLm::load(&cfg.model.path, opts)?;
     let reference = if cfg.loss.kl_coef > 0.0 {
         let p = if cfg.model.reference_path.is_empty() {

@@ -43,6 +43,9 @@ struct Args {
     /// Timed repetitions (after one warm-up); the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Decoding streams (0: the engine's default, one per thread on a CPU).
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
 }
 
 fn main() -> Result<()> {
@@ -69,7 +72,7 @@ fn main() -> Result<()> {
         eos_token_ids: &eos,
         seed: args.seed,
     };
-    let config = EngineConfig::default();
+    let config = EngineConfig { streams: args.streams, ..Default::default() };
     let mut best = f64::INFINITY;
     let mut tokens = 0usize;
     for rep in 0..=args.repeats {

@@ -33,6 +33,7 @@ ap.add_argument("--new-tokens", type=int, default=64)
 ap.add_argument("--steps", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--seed", type=int, default=0)
+ap.add_argument("--bf16", action="store_true", help="TRL's default mixed precision (bf16 autocast); off by default here")
 ap.add_argument("--gradient-checkpointing", action="store_true",
                 help="TRL's default; off by default here, which makes TRL faster on this small model")
 a = ap.parse_args()
@@ -70,7 +71,7 @@ class Clock(TrainerCallback):
 
 
 cfg = GRPOConfig(
-    output_dir="/tmp/bench_trl_grpo", use_cpu=True, bf16=False, fp16=False, seed=a.seed,
+    output_dir="/tmp/bench_trl_grpo", use_cpu=True, bf16=a.bf16, fp16=False, seed=a.seed,
     per_device_train_batch_size=a.prompts * a.samples, gradient_accumulation_steps=1,
     num_generations=a.samples, max_completion_length=a.new_tokens, temperature=1.0, top_p=1.0,
     top_k=0, beta=0.0, gradient_checkpointing=a.gradient_checkpointing, num_iterations=1, learning_rate=1e-6, max_steps=a.steps + 1,

@@ -118,6 +118,7 @@ fn logits(model: PathBuf, ids: &str, out: PathBuf, device: &str, dtype: &str) ->
     let options = LoadOptions {
         device: parse_device(device)?,
         dtype: DType::from_hf_name(dtype).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+        compute_dtype: None,
     };
     let lm = CausalLm::load(&model, options)?;
     let input = Tensor::from_slice(&ids).unsqueeze(0);
@@ -260,6 +261,7 @@ fn main() -> Result<()> {
             let options = LoadOptions {
                 device: parse_device(&device)?,
                 dtype: DType::from_hf_name(&dtype).map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+                compute_dtype: None,
             };
             eval(model, benchmarks, out, samples, sampling, limit, options, seed)
         }

@@ -1,8 +1,9 @@
-//! The key/value cache for incremental decoding.
+//! The key/value cache and incremental decoding with it (prefill, decode).
 
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PolicyError, Result};
+use crate::model::{attention_mask_4d, check_ids, CausalLm, Past};
 
 /// Keys and values of every layer for a batch of sequences, preallocated along the sequence axis.
 ///
@@ -119,5 +120,80 @@ impl KvCache {
         let index = Tensor::f_arange(batch, (Kind::Int64, self.key_mask.device()))?
             .f_repeat_interleave_self_int(n, 0, None)?;
         self.select(&index)
+    }
+}
+
+impl CausalLm {
+    /// Runs a prompt batch through the model and returns the logits of its last position
+    /// `(batch, vocab)` and a cache with room for `capacity` tokens in all (grown on demand).
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `(batch, prompt_len)`, left padded, so the last column
+    ///   holds every row's last prompt token.
+    pub fn prefill(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        capacity: i64,
+    ) -> Result<(Tensor, KvCache)> {
+        let (batch, seq) =
+            check_ids(input_ids, Some(attention_mask), self.config().vocab_size, "prefill")?;
+        let c = self.config();
+        let mut cache = KvCache::new(
+            c.num_hidden_layers as usize,
+            batch,
+            c.num_key_value_heads,
+            c.head_dim,
+            capacity.max(seq),
+            self.compute_dtype().kind(),
+            self.device(),
+        )?;
+        let logits = self.decode(input_ids, attention_mask, &mut cache)?;
+        Ok((logits.f_select(1, seq - 1)?, cache))
+    }
+
+    /// Appends tokens to the cached sequences and returns their logits `(batch, new, vocab)`.
+    /// Decoding one token at a time is `new = 1`; a 0 in `attention_mask` marks a slot that
+    /// holds no token for that row (a finished or padded row), which later tokens do not see.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `(batch, new)`, batch as in the cache
+    pub fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (batch, new) =
+            check_ids(input_ids, Some(attention_mask), self.config().vocab_size, "decode")?;
+        if batch != cache.batch_size() {
+            return Err(PolicyError::Shape(format!(
+                "decode: batch {batch} differs from the cache's batch {}",
+                cache.batch_size()
+            )));
+        }
+        let device = self.device();
+        let new_mask = attention_mask.f_to_device(device)?.f_ne(0)?;
+        let positions = new_mask
+            .f_cumsum(1, Kind::Int64)?
+            .f_sub_scalar(1)?
+            .f_add(&cache.next_position.f_unsqueeze(1)?)?
+            .f_clamp_min(0)?;
+        cache.reserve(new)?;
+        let start = cache.len;
+        cache.key_mask.f_narrow(1, start, new)?.f_copy_(&new_mask)?;
+        let key_mask = cache.key_mask.f_narrow(1, 0, start + new)?;
+        let mask = attention_mask_4d(&key_mask, new, start)?;
+        let hidden = self.run_layers(
+            &input_ids.f_to_device(device)?,
+            &positions,
+            &mask,
+            Past::Cache(&mut *cache, start),
+            None,
+        )?;
+        cache.next_position =
+            cache.next_position.f_add(&new_mask.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
+        cache.len = start + new;
+        self.head(&hidden)
     }
 }

@@ -20,6 +20,7 @@
 mod cache;
 mod config;
 mod error;
+mod layer;
 mod logprobs;
 mod model;
 mod rope;

@@ -115,7 +115,7 @@ impl CausalLm {
         while start < rlen {
             let n = step.min(rlen - start);
             let h = hidden.f_narrow(1, start, n)?;
-            let logits = h.f_linear::<Tensor>(self.lm_head(), None)?.f_to_kind(Kind::Float)?;
+            let logits = self.head(&h)?.f_to_kind(Kind::Float)?;
             let lse = logits.f_logsumexp(&[-1i64][..], false)?;
             let tgt = targets.f_narrow(1, start, n)?.f_unsqueeze(-1)?;
             let picked = logits.f_gather(-1, &tgt, false)?.f_squeeze_dim(-1)?;

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::KvCache;
 use crate::config::{Architecture, DType, ModelConfig};
 use crate::error::{write_atomic, PolicyError, Result};
+use crate::layer::{rms_norm, Layer};
 use crate::{rope, weights};
 
 /// Where and in which dtype to put a model.
@@ -18,6 +19,11 @@ pub struct LoadOptions {
     pub device: DeviceOpt,
     /// Weight dtype (default f32, whatever the checkpoint stores).
     pub dtype: DType,
+    /// Dtype of activations and products; `None` (default) is `dtype`. `bfloat16` with f32
+    /// weights is mixed precision, as verl and TRL train: the weights (and the optimiser that
+    /// updates them) stay f32, each forward pass multiplies by bf16 casts of them, and
+    /// gradients flow back to the f32 weights through the casts.
+    pub compute_dtype: Option<DType>,
 }
 
 /// A `tch::Device` with a `Default` (CPU).
@@ -40,37 +46,19 @@ impl DeviceOpt {
     }
 }
 
-struct Layer {
-    input_norm: Tensor,
-    post_norm: Tensor,
-    q: Tensor,
-    q_bias: Option<Tensor>,
-    k: Tensor,
-    k_bias: Option<Tensor>,
-    v: Tensor,
-    v_bias: Option<Tensor>,
-    o: Tensor,
-    o_bias: Option<Tensor>,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    gate: Tensor,
-    gate_bias: Option<Tensor>,
-    up: Tensor,
-    up_bias: Option<Tensor>,
-    down: Tensor,
-    down_bias: Option<Tensor>,
-}
-
 /// A causal language model (the policy) with its weights in a [`VarStore`], named as in the
 /// Hugging Face checkpoint so that an optimiser and the safetensors files agree on names.
 pub struct CausalLm {
     config: ModelConfig,
     dtype: DType,
+    compute: DType,
     vs: VarStore,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Tensor,
+    /// `lm_head` transposed, in a decoding copy on a CPU.
+    lm_head_t: Option<Tensor>,
     inv_freq: Tensor,
 }
 
@@ -80,6 +68,7 @@ impl std::fmt::Debug for CausalLm {
             .field("architecture", &self.config.architecture)
             .field("layers", &self.layers.len())
             .field("dtype", &self.dtype)
+            .field("compute_dtype", &self.compute)
             .field("device", &self.vs.device())
             .finish()
     }
@@ -126,24 +115,6 @@ fn weight_specs(c: &ModelConfig) -> Vec<(String, Vec<i64>, Init)> {
         s.push(("lm_head.weight".to_string(), vec![v, h], w));
     }
     s
-}
-
-fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
-    Ok(x.f_linear(w, b.as_ref())?)
-}
-
-/// RMSNorm as transformers computes it: in f32, cast back, then scaled by the weight.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let kind = x.kind();
-    if kind == Kind::Float {
-        // Same maths in one fused op.
-        let dim = *x.size().last().unwrap_or(&1);
-        return Ok(x.f_rms_norm(&[dim][..], Some(weight), eps)?);
-    }
-    let xf = x.f_to_kind(Kind::Float)?;
-    let var = xf.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
-    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
-    Ok(normed.f_mul(weight)?)
 }
 
 pub(crate) fn check_ids(
@@ -226,6 +197,7 @@ impl CausalLm {
                 up_bias: opt(format!("{m}.up_proj.bias")),
                 down: get(&format!("{m}.down_proj.weight"))?,
                 down_bias: opt(format!("{m}.down_proj.bias")),
+                packed: None,
             });
         }
         let embed = get("model.embed_tokens.weight")?;
@@ -235,10 +207,12 @@ impl CausalLm {
             norm: get("model.norm.weight")?,
             embed,
             lm_head,
+            lm_head_t: None,
             layers,
             inv_freq,
             vs,
             dtype: options.dtype,
+            compute: options.compute_dtype.unwrap_or(options.dtype),
             config,
         })
     }
@@ -270,6 +244,54 @@ impl CausalLm {
         write_atomic(&path, text.as_bytes())
     }
 
+    /// A second handle on the same weights (nothing is copied; updates to one are seen by the
+    /// other) that can move to another thread, so that shards of a batch decode in parallel.
+    /// A fork of a [`CausalLm::decoding_copy`] shares its packed projections.
+    pub fn fork(&self) -> CausalLm {
+        let mut vs = VarStore::new(self.vs.device());
+        vs.variables_ = self.vs.variables_.clone();
+        CausalLm {
+            config: self.config.clone(),
+            dtype: self.dtype,
+            compute: self.compute,
+            vs,
+            embed: self.embed.shallow_clone(),
+            layers: self.layers.iter().map(Layer::shallow_clone).collect(),
+            norm: self.norm.shallow_clone(),
+            lm_head: self.lm_head.shallow_clone(),
+            lm_head_t: self.lm_head_t.as_ref().map(Tensor::shallow_clone),
+            inv_freq: self.inv_freq.shallow_clone(),
+        }
+    }
+
+    /// A handle to decode with. On a CPU its projections are packed for the few-row products
+    /// of decoding (transposed to `(in, out)`, q/k/v and gate/up fused; a copy of the weights,
+    /// which then takes twice the memory); on a GPU it is [`CausalLm::fork`]. The copy does not
+    /// follow later updates of the weights and passes no gradient to them: make a new one after
+    /// an optimiser step, and train with the model itself.
+    pub fn decoding_copy(&self) -> Result<CausalLm> {
+        let mut copy = self.fork();
+        tch::no_grad(|| -> Result<()> {
+            if self.compute != self.dtype {
+                // Cast once here rather than in every decoding step.
+                let kind = self.compute.kind();
+                copy.layers = self.layers.iter().map(|l| l.cast(kind)).collect::<Result<_>>()?;
+                copy.embed = self.embed.f_to_kind(kind)?;
+                copy.norm = self.norm.f_to_kind(kind)?;
+                copy.lm_head = self.lm_head.f_to_kind(kind)?;
+                copy.dtype = self.compute;
+            }
+            if self.device() == Device::Cpu {
+                for layer in copy.layers.iter_mut() {
+                    layer.pack()?;
+                }
+                copy.lm_head_t = Some(copy.lm_head.f_detach()?.f_t_()?.f_contiguous()?);
+            }
+            Ok(())
+        })?;
+        Ok(copy)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -278,6 +300,19 @@ impl CausalLm {
     /// The weight dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype of activations and products (see [`LoadOptions::compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// Logits of final hidden states (in the compute dtype).
+    pub(crate) fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(match &self.lm_head_t {
+            Some(w_t) => hidden.f_matmul(w_t)?,
+            None => hidden.f_linear::<Tensor>(&self.lm_head.f_to_kind(hidden.kind())?, None)?,
+        })
     }
 
     /// The device of the weights.
@@ -300,7 +335,7 @@ impl CausalLm {
         self.vs.variables()
     }
 
-    /// Logits for a batch, `(batch, seq, vocab)` in the model's dtype.
+    /// Logits for a batch, `(batch, seq, vocab)` in the compute dtype.
     ///
     /// # Shapes
     /// - `input_ids`: `(batch, seq)` i64
@@ -310,7 +345,7 @@ impl CausalLm {
     ///   positions are finite but meaningless.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, attention_mask)?;
-        Ok(hidden.f_linear::<Tensor>(&self.lm_head, None)?)
+        self.head(&hidden)
     }
 
     /// Final hidden states `(batch, seq, hidden)` after the last norm; see [`CausalLm::forward`].
@@ -330,79 +365,6 @@ impl CausalLm {
         self.run_layers(&input_ids.f_to_device(device)?, &positions, &mask, Past::None, None)
     }
 
-    /// Runs a prompt batch through the model and returns the logits of its last position
-    /// `(batch, vocab)` and a cache with room for `capacity` tokens in all (grown on demand).
-    ///
-    /// # Shapes
-    /// - `input_ids`, `attention_mask`: `(batch, prompt_len)`, left padded, so the last column
-    ///   holds every row's last prompt token.
-    pub fn prefill(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        capacity: i64,
-    ) -> Result<(Tensor, KvCache)> {
-        let (batch, seq) =
-            check_ids(input_ids, Some(attention_mask), self.config.vocab_size, "prefill")?;
-        let c = &self.config;
-        let mut cache = KvCache::new(
-            self.layers.len(),
-            batch,
-            c.num_key_value_heads,
-            c.head_dim,
-            capacity.max(seq),
-            self.dtype.kind(),
-            self.device(),
-        )?;
-        let logits = self.decode(input_ids, attention_mask, &mut cache)?;
-        Ok((logits.f_select(1, seq - 1)?, cache))
-    }
-
-    /// Appends tokens to the cached sequences and returns their logits `(batch, new, vocab)`.
-    /// Decoding one token at a time is `new = 1`; a 0 in `attention_mask` marks a slot that
-    /// holds no token for that row (a finished or padded row), which later tokens do not see.
-    ///
-    /// # Shapes
-    /// - `input_ids`, `attention_mask`: `(batch, new)`, batch as in the cache
-    pub fn decode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let (batch, new) =
-            check_ids(input_ids, Some(attention_mask), self.config.vocab_size, "decode")?;
-        if batch != cache.batch_size() {
-            return Err(PolicyError::Shape(format!(
-                "decode: batch {batch} differs from the cache's batch {}",
-                cache.batch_size()
-            )));
-        }
-        let device = self.device();
-        let new_mask = attention_mask.f_to_device(device)?.f_ne(0)?;
-        let positions = new_mask
-            .f_cumsum(1, Kind::Int64)?
-            .f_sub_scalar(1)?
-            .f_add(&cache.next_position.f_unsqueeze(1)?)?
-            .f_clamp_min(0)?;
-        cache.reserve(new)?;
-        let start = cache.len;
-        cache.key_mask.f_narrow(1, start, new)?.f_copy_(&new_mask)?;
-        let key_mask = cache.key_mask.f_narrow(1, 0, start + new)?;
-        let mask = attention_mask_4d(&key_mask, new, start)?;
-        let hidden = self.run_layers(
-            &input_ids.f_to_device(device)?,
-            &positions,
-            &mask,
-            Past::Cache(&mut *cache, start),
-            None,
-        )?;
-        cache.next_position =
-            cache.next_position.f_add(&new_mask.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
-        cache.len = start + new;
-        Ok(hidden.f_linear::<Tensor>(&self.lm_head, None)?)
-    }
-
     /// The output projection `(vocab, hidden)` (the embedding when tied).
     pub fn lm_head(&self) -> &Tensor {
         &self.lm_head
@@ -420,18 +382,27 @@ impl CausalLm {
     ) -> Result<Tensor> {
         let c = &self.config;
         let eps = c.rms_norm_eps;
-        let (cos, sin) = rope::cos_sin(&self.inv_freq, positions, self.dtype.kind())?;
-        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?;
+        let kind = self.compute.kind();
+        let (cos, sin) = rope::cos_sin(&self.inv_freq, positions, kind)?;
+        // Mixed precision: products use differentiable casts of the weights.
+        let cast: Vec<Layer>;
+        let layers = if self.compute == self.dtype {
+            &self.layers
+        } else {
+            cast = self.layers.iter().map(|l| l.cast(kind)).collect::<Result<_>>()?;
+            &cast
+        };
+        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?.f_to_kind(kind)?;
         let size = ids.size();
         let (b, t) = (size[0], size[1]);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        for (li, layer) in self.layers.iter().enumerate() {
+        for (li, layer) in layers.iter().enumerate() {
             // Attention block.
             let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let mut q = linear(&h, &layer.q, &layer.q_bias)?.f_view([b, t, nh, hd])?;
-            let mut k = linear(&h, &layer.k, &layer.k_bias)?.f_view([b, t, nkv, hd])?;
-            let v =
-                linear(&h, &layer.v, &layer.v_bias)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
+            let (q, k, v) = layer.qkv(&h)?;
+            let mut q = q.f_view([b, t, nh, hd])?;
+            let mut k = k.f_view([b, t, nkv, hd])?;
+            let v = v.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = rms_norm(&q, qn, eps)?;
                 k = rms_norm(&k, kn, eps)?;
@@ -474,14 +445,12 @@ impl CausalLm {
                 nh != nkv,
             )?;
             let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
-            x = x.f_add(&linear(&attn, &layer.o, &layer.o_bias)?)?;
+            x = x.f_add(&layer.out_proj(&attn)?)?;
             // MLP block.
             let h = rms_norm(&x, &layer.post_norm, eps)?;
-            let gate = linear(&h, &layer.gate, &layer.gate_bias)?.f_silu()?;
-            let up = linear(&h, &layer.up, &layer.up_bias)?;
-            x = x.f_add(&linear(&gate.f_mul(&up)?, &layer.down, &layer.down_bias)?)?;
+            x = x.f_add(&layer.mlp(&h)?)?;
         }
-        rms_norm(&x, &self.norm, eps)
+        rms_norm(&x, &self.norm.f_to_kind(kind)?, eps)
     }
 }
 

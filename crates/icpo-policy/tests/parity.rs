@@ -72,33 +72,41 @@ fn left_padded_batch_matches_transformers() {
     }
 }
 
+/// Both the model and its decoding copy (packed, fused projections on a CPU).
 #[test]
 fn kv_cache_decoding_matches_transformers() {
     for name in MODELS {
         let g = golden(name);
-        let model = load(name);
-        let ids = &g["batch_ids"];
-        let mask = &g["batch_mask"];
-        let t = ids.size()[1];
-        let prefix = 4;
-        let mut out = Vec::new();
-        tch::no_grad(|| {
-            // Small capacity on purpose: the cache must grow during decoding.
-            let (last, mut cache) =
-                model.prefill(&ids.narrow(1, 0, prefix), &mask.narrow(1, 0, prefix), 5).unwrap();
-            let full =
-                model.forward(&ids.narrow(1, 0, prefix), Some(&mask.narrow(1, 0, prefix))).unwrap();
-            assert!(max_abs_diff(&last, &full.select(1, prefix - 1)) <= TOL);
-            out.push(full);
-            for j in prefix..t {
-                let step =
-                    model.decode(&ids.narrow(1, j, 1), &mask.narrow(1, j, 1), &mut cache).unwrap();
-                out.push(step);
-            }
-            assert_eq!(cache.len(), t);
-        });
-        let logits = Tensor::cat(&out, 1);
-        check_valid_positions(name, &logits, &g, "kv-cache decoding");
+        let loaded = load(name);
+        let copy = loaded.decoding_copy().unwrap();
+        for (what, model) in [("kv-cache decoding", &loaded), ("decoding copy", &copy)] {
+            let ids = &g["batch_ids"];
+            let mask = &g["batch_mask"];
+            let t = ids.size()[1];
+            let prefix = 4;
+            let mut out = Vec::new();
+            tch::no_grad(|| {
+                // Small capacity on purpose: the cache must grow during decoding.
+                let (last, mut cache) = model
+                    .prefill(&ids.narrow(1, 0, prefix), &mask.narrow(1, 0, prefix), 5)
+                    .unwrap();
+                let full = loaded
+                    .forward(&ids.narrow(1, 0, prefix), Some(&mask.narrow(1, 0, prefix)))
+                    .unwrap();
+                let d = max_abs_diff(&last, &full.select(1, prefix - 1));
+                assert!(d <= TOL, "{name} {what}: prefill max |Δlogit| = {d:e}");
+                out.push(full);
+                for j in prefix..t {
+                    let step = model
+                        .decode(&ids.narrow(1, j, 1), &mask.narrow(1, j, 1), &mut cache)
+                        .unwrap();
+                    out.push(step);
+                }
+                assert_eq!(cache.len(), t);
+            });
+            let logits = Tensor::cat(&out, 1);
+            check_valid_positions(name, &logits, &g, what);
+        }
     }
 }
 

@@ -14,6 +14,11 @@ use crate::sampling::{sample, SamplingParams};
 pub trait DecodeModel {
     /// Per-batch decoding state.
     type Cache;
+    /// A handle on the same model that another thread decodes with.
+    type Fork: DecodeModel + Send;
+    /// A handle to decode with (possibly in another thread; [`CausalLm`]'s packs its weights
+    /// for decoding on a CPU), or `None` to decode with the model itself in one stream.
+    fn fork(&self) -> Result<Option<Self::Fork>>;
     /// Device of the model's tensors.
     fn device(&self) -> Device;
     /// Runs left-padded prompts `(batch, len)`; returns last-position logits `(batch, vocab)`.
@@ -28,6 +33,10 @@ pub trait DecodeModel {
 
 impl DecodeModel for CausalLm {
     type Cache = KvCache;
+    type Fork = CausalLm;
+    fn fork(&self) -> Result<Option<CausalLm>> {
+        Ok(Some(self.decoding_copy()?))
+    }
     fn device(&self) -> Device {
         CausalLm::device(self)
     }
@@ -85,11 +94,17 @@ pub struct EngineConfig {
     /// Bound on `rows × (prompt_len + max_new_tokens)` decoded at once; larger requests are
     /// split into chunks of prompts (a prompt's group is never split). Default 262,144.
     pub max_tokens_in_flight: usize,
+    /// Decoding streams: the prompts of a chunk are dealt to this many threads, each decoding
+    /// its share with `threads / streams` libtorch threads. On a CPU this keeps every core busy
+    /// through the many small ops of a decoding step, which one multi-threaded stream runs one
+    /// core at a time. 0 (the default) picks libtorch's thread count on a CPU and 1 on a GPU.
+    /// Samples do not depend on it (each draws from its own seeded stream).
+    pub streams: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { max_tokens_in_flight: 1 << 18 }
+        EngineConfig { max_tokens_in_flight: 1 << 18, streams: 0 }
     }
 }
 
@@ -133,6 +148,8 @@ pub fn generate<M: DecodeModel>(
         return Err(RolloutError::Input(format!("prompt {i} is empty")));
     }
     let mut out = Vec::with_capacity(request.prompts.len() * request.n);
+    // One decoding handle (packed weights on a CPU) for all chunks and streams.
+    let base = model.fork()?;
     let mut start = 0;
     while start < request.prompts.len() {
         // Grow the chunk while its footprint stays within the bound (at least one prompt).
@@ -148,22 +165,86 @@ pub fn generate<M: DecodeModel>(
             max_len = len;
             end += 1;
         }
-        out.extend(tch::no_grad(|| generate_chunk(model, request, start..end, tokenizer))?);
+        out.extend(generate_streams(model, base.as_ref(), request, start..end, tokenizer, config)?);
         start = end;
     }
+    Ok(out)
+}
+
+/// Deals the prompts of `range` round-robin to decoding streams on scoped threads (one stream
+/// on the calling thread when there is a single one or the model cannot fork).
+fn generate_streams<M: DecodeModel>(
+    model: &M,
+    base: Option<&M::Fork>,
+    request: &Request<'_>,
+    range: std::ops::Range<usize>,
+    tokenizer: Option<&Tokenizer>,
+    config: &EngineConfig,
+) -> Result<Vec<Rollout>> {
+    let threads = tch::get_num_threads().max(1) as usize;
+    let wanted = match (config.streams, model.device()) {
+        (0, Device::Cpu) => threads,
+        (0, _) => 1,
+        (s, _) => s,
+    };
+    let streams = wanted.min(range.len()).max(1);
+    let all: Vec<usize> = range.collect();
+    let Some(base) = base else {
+        return tch::no_grad(|| generate_chunk(model, request, &all, tokenizer));
+    };
+    if streams == 1 {
+        return tch::no_grad(|| generate_chunk(base, request, &all, tokenizer));
+    }
+    let mut forks = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        match base.fork()? {
+            Some(f) => forks.push(f),
+            None => return tch::no_grad(|| generate_chunk(base, request, &all, tokenizer)),
+        }
+    }
+    let per_stream = (threads / streams).max(1) as i32;
+    let results: Vec<Result<Vec<Rollout>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = forks
+            .into_iter()
+            .enumerate()
+            .map(|(j, fork)| {
+                let shard: Vec<usize> = all.iter().copied().skip(j).step_by(streams).collect();
+                scope.spawn(move || {
+                    // Thread count and grad mode are per thread in libtorch.
+                    tch::set_num_threads(per_stream);
+                    tch::no_grad(|| generate_chunk(&fork, request, &shard, tokenizer))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(RolloutError::Input("a decoding stream panicked".into()))
+                })
+            })
+            .collect()
+    });
+    // Workers' set_num_threads also set libtorch's default for new threads: restore it.
+    tch::set_num_threads(threads as i32);
+    let mut out = Vec::with_capacity(all.len() * request.n);
+    for r in results {
+        out.extend(r?);
+    }
+    out.sort_by_key(|r| (r.prompt_index, r.sample_index));
     Ok(out)
 }
 
 fn generate_chunk<M: DecodeModel>(
     model: &M,
     request: &Request<'_>,
-    range: std::ops::Range<usize>,
+    indices: &[usize],
     tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<Rollout>> {
     let params = request.params;
     let n = request.n;
-    let prompts = &request.prompts[range.clone()];
-    let plen = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let prompts: Vec<&Vec<i64>> = indices.iter().map(|&i| &request.prompts[i]).collect();
+    let plen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut ids = vec![0i64; prompts.len() * plen];
     let mut mask = vec![0i64; prompts.len() * plen];
     for (i, p) in prompts.iter().enumerate() {
@@ -181,7 +262,7 @@ fn generate_chunk<M: DecodeModel>(
 
     let mut rows: Vec<Rollout> = Vec::with_capacity(prompts.len() * n);
     let mut rngs: Vec<ChaCha8Rng> = Vec::with_capacity(prompts.len() * n);
-    for p in range {
+    for &p in indices {
         for s in 0..n {
             let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
             rng.set_stream((p * n + s) as u64);

@@ -20,6 +20,8 @@ const VOCAB: i64 = 384;
 struct Mock {
     prefills: RefCell<Vec<Vec<i64>>>,
     steps: RefCell<usize>,
+    /// Hands out forks, so the engine decodes in parallel streams.
+    forkable: bool,
 }
 
 /// Peaked at `last + 1`, with some mass everywhere so sampling varies.
@@ -37,6 +39,10 @@ fn logits_after(last: &[i64]) -> Tensor {
 
 impl DecodeModel for Mock {
     type Cache = Vec<i64>;
+    type Fork = Mock;
+    fn fork(&self) -> Result<Option<Mock>> {
+        Ok(self.forkable.then(|| Mock { forkable: true, ..Default::default() }))
+    }
     fn device(&self) -> Device {
         Device::Cpu
     }
@@ -116,6 +122,26 @@ fn eos_and_stop_tokens_end_rows_independently() {
 }
 
 #[test]
+fn parallel_streams_change_nothing() {
+    let prompts: Vec<Vec<i64>> = (0..7).map(|i| vec![10 * i + 1, 10 * i + 2]).collect();
+    let params = SamplingParams { temperature: 1.0, max_new_tokens: 6, ..Default::default() };
+    let run = |mock: Mock, streams: usize| {
+        let request =
+            Request { prompts: &prompts, n: 3, params: &params, eos_token_ids: &[9], seed: 4 };
+        let cfg = EngineConfig { streams, ..Default::default() };
+        let out = generate(&mock, &request, None, &cfg).unwrap();
+        (out, mock.prefills.into_inner().len())
+    };
+    let (one, prefilled) = run(Mock::default(), 1);
+    assert_eq!(prefilled, 7, "a single stream prefills every prompt itself");
+    for streams in [2, 3, 7, 20] {
+        let (many, prefilled) = run(Mock { forkable: true, ..Default::default() }, streams);
+        assert_eq!(prefilled, 0, "{streams} streams: the forks decode");
+        assert_eq!(many, one, "{streams} streams");
+    }
+}
+
+#[test]
 fn finished_rows_stop_costing_steps() {
     let mock = Mock::default();
     let prompts = vec![vec![5], vec![50]];
@@ -156,7 +182,7 @@ fn seeds_reproduce_and_chunking_changes_nothing() {
     let prompts: Vec<Vec<i64>> = (0..5).map(|i| vec![10 * i + 1, 10 * i + 2]).collect();
     let params = SamplingParams { temperature: 1.0, max_new_tokens: 6, ..Default::default() };
     let big = EngineConfig::default();
-    let tiny = EngineConfig { max_tokens_in_flight: 1 };
+    let tiny = EngineConfig { max_tokens_in_flight: 1, ..Default::default() };
     let a = run(&prompts, 3, &params, &[], 42, &big);
     assert_eq!(a, run(&prompts, 3, &params, &[], 42, &big));
     assert_eq!(

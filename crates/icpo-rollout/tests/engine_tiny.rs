@@ -104,3 +104,31 @@ fn returned_logprobs_equal_a_separate_forward() {
         }
     }
 }
+
+#[test]
+fn parallel_streams_give_the_samples_of_one_stream() {
+    let model = model();
+    let prompts: Vec<Vec<i64>> = (0..5).map(|i| vec![3 + i, 17, 5 * i + 1]).collect();
+    let params = SamplingParams { max_new_tokens: 8, stop_on_eos: false, ..Default::default() };
+    let run = |streams: usize| {
+        generate(
+            &model,
+            &Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[], seed: 5 },
+            None,
+            &EngineConfig { streams, ..Default::default() },
+        )
+        .unwrap()
+    };
+    let one = run(1);
+    for streams in [2, 3, 8] {
+        let many = run(streams);
+        assert_eq!(many.len(), one.len());
+        for (a, b) in many.iter().zip(&one) {
+            assert_eq!((a.prompt_index, a.sample_index), (b.prompt_index, b.sample_index));
+            assert_eq!(a.tokens, b.tokens, "{streams} streams");
+            for (x, y) in a.policy_logprobs.iter().zip(&b.policy_logprobs) {
+                assert!((x - y).abs() <= 1e-5, "{streams} streams: log-prob {x} vs {y}");
+            }
+        }
+    }
+}

@@ -205,7 +205,10 @@ impl Trainer {
         let t_gen = Instant::now();
         let params = self.sampling();
         let eos = self.eos_token_ids.clone();
-        let engine = EngineConfig { max_tokens_in_flight: cfg.rollout.max_tokens_in_flight };
+        let engine = EngineConfig {
+            max_tokens_in_flight: cfg.rollout.max_tokens_in_flight,
+            ..Default::default()
+        };
         let seed_on = seed_for(cfg.trainer.seed, self.step, 1);
         let on = generate(
             &self.policy,

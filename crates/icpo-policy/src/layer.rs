@@ -1,0 +1,215 @@
+//! One decoder layer's weights and projections, in checkpoint form or packed for decoding.
+
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+
+/// A layer's weights, as the checkpoint stores them (`(out, in)` matrices).
+pub(crate) struct Layer {
+    pub(crate) input_norm: Tensor,
+    pub(crate) post_norm: Tensor,
+    pub(crate) q: Tensor,
+    pub(crate) q_bias: Option<Tensor>,
+    pub(crate) k: Tensor,
+    pub(crate) k_bias: Option<Tensor>,
+    pub(crate) v: Tensor,
+    pub(crate) v_bias: Option<Tensor>,
+    pub(crate) o: Tensor,
+    pub(crate) o_bias: Option<Tensor>,
+    pub(crate) q_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<Tensor>,
+    pub(crate) gate: Tensor,
+    pub(crate) gate_bias: Option<Tensor>,
+    pub(crate) up: Tensor,
+    pub(crate) up_bias: Option<Tensor>,
+    pub(crate) down: Tensor,
+    pub(crate) down_bias: Option<Tensor>,
+    /// The same projections packed for decoding, when built.
+    pub(crate) packed: Option<Packed>,
+}
+
+/// A layer's projections transposed to `(in, out)` and fused (q/k/v into one matrix, gate/up
+/// into another): on a CPU, MKL multiplies the few rows of a decoding step by a contiguous
+/// `(in, out)` matrix without repacking it on every call, and one wide product replaces two or
+/// three narrow ones. A detached copy: it does not follow later updates of the weights.
+pub(crate) struct Packed {
+    qkv: Tensor,
+    qkv_bias: Option<Tensor>,
+    o: Tensor,
+    gate_up: Tensor,
+    gate_up_bias: Option<Tensor>,
+    down: Tensor,
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+    Ok(x.f_linear(w, b.as_ref())?)
+}
+
+/// `x @ w_t + b` for a pre-transposed `w_t (in, out)`.
+fn matmul(x: &Tensor, w_t: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+    let y = x.f_matmul(w_t)?;
+    Ok(match b {
+        Some(b) => y.f_add(b)?,
+        None => y,
+    })
+}
+
+/// Concatenated biases when any exists (zeros standing in for the missing ones).
+fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)]) -> Result<Option<Tensor>> {
+    if parts.iter().all(|(b, _)| b.is_none()) {
+        return Ok(None);
+    }
+    let mut all = Vec::with_capacity(parts.len());
+    for (b, w) in parts {
+        all.push(match b {
+            Some(b) => b.f_detach()?,
+            None => Tensor::f_zeros([w.size()[0]], (w.kind(), w.device()))?,
+        });
+    }
+    Ok(Some(Tensor::f_cat(&all, 0)?))
+}
+
+/// `(out, in)` matrices stacked along `out`, then transposed to a contiguous `(in, Σ out)`.
+fn fused_t(ws: &[&Tensor]) -> Result<Tensor> {
+    let ws: Vec<Tensor> = ws.iter().map(|w| w.f_detach()).collect::<std::result::Result<_, _>>()?;
+    Ok(Tensor::f_cat(&ws, 0)?.f_t_()?.f_contiguous()?)
+}
+
+impl Layer {
+    /// A handle on the same weights and packed projections (nothing copied).
+    pub(crate) fn shallow_clone(&self) -> Layer {
+        let t = |t: &Tensor| t.shallow_clone();
+        let o = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+        Layer {
+            input_norm: t(&self.input_norm),
+            post_norm: t(&self.post_norm),
+            q: t(&self.q),
+            q_bias: o(&self.q_bias),
+            k: t(&self.k),
+            k_bias: o(&self.k_bias),
+            v: t(&self.v),
+            v_bias: o(&self.v_bias),
+            o: t(&self.o),
+            o_bias: o(&self.o_bias),
+            q_norm: o(&self.q_norm),
+            k_norm: o(&self.k_norm),
+            gate: t(&self.gate),
+            gate_bias: o(&self.gate_bias),
+            up: t(&self.up),
+            up_bias: o(&self.up_bias),
+            down: t(&self.down),
+            down_bias: o(&self.down_bias),
+            packed: self.packed.as_ref().map(|p| Packed {
+                qkv: t(&p.qkv),
+                qkv_bias: o(&p.qkv_bias),
+                o: t(&p.o),
+                gate_up: t(&p.gate_up),
+                gate_up_bias: o(&p.gate_up_bias),
+                down: t(&p.down),
+            }),
+        }
+    }
+
+    /// The weights cast to `kind` (differentiable casts; no packed form).
+    pub(crate) fn cast(&self, kind: Kind) -> Result<Layer> {
+        let t = |t: &Tensor| t.f_to_kind(kind);
+        let o = |t: &Option<Tensor>| t.as_ref().map(|t| t.f_to_kind(kind)).transpose();
+        Ok(Layer {
+            input_norm: t(&self.input_norm)?,
+            post_norm: t(&self.post_norm)?,
+            q: t(&self.q)?,
+            q_bias: o(&self.q_bias)?,
+            k: t(&self.k)?,
+            k_bias: o(&self.k_bias)?,
+            v: t(&self.v)?,
+            v_bias: o(&self.v_bias)?,
+            o: t(&self.o)?,
+            o_bias: o(&self.o_bias)?,
+            q_norm: o(&self.q_norm)?,
+            k_norm: o(&self.k_norm)?,
+            gate: t(&self.gate)?,
+            gate_bias: o(&self.gate_bias)?,
+            up: t(&self.up)?,
+            up_bias: o(&self.up_bias)?,
+            down: t(&self.down)?,
+            down_bias: o(&self.down_bias)?,
+            packed: None,
+        })
+    }
+
+    /// Builds the packed projections (a copy of the weights' current values).
+    pub(crate) fn pack(&mut self) -> Result<()> {
+        self.packed = Some(Packed {
+            qkv: fused_t(&[&self.q, &self.k, &self.v])?,
+            qkv_bias: fused_bias(&[
+                (&self.q_bias, &self.q),
+                (&self.k_bias, &self.k),
+                (&self.v_bias, &self.v),
+            ])?,
+            o: fused_t(&[&self.o])?,
+            gate_up: fused_t(&[&self.gate, &self.up])?,
+            gate_up_bias: fused_bias(&[(&self.gate_bias, &self.gate), (&self.up_bias, &self.up)])?,
+            down: fused_t(&[&self.down])?,
+        });
+        Ok(())
+    }
+
+    /// Query, key and value projections of `h (batch, t, hidden)`: `(batch, t, out)` each.
+    pub(crate) fn qkv(&self, h: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.packed {
+            Some(p) => {
+                let (qd, kvd) = (self.q.size()[0], self.k.size()[0]);
+                let y = matmul(h, &p.qkv, &p.qkv_bias)?;
+                Ok((
+                    y.f_narrow(-1, 0, qd)?,
+                    y.f_narrow(-1, qd, kvd)?,
+                    y.f_narrow(-1, qd + kvd, kvd)?,
+                ))
+            }
+            None => Ok((
+                linear(h, &self.q, &self.q_bias)?,
+                linear(h, &self.k, &self.k_bias)?,
+                linear(h, &self.v, &self.v_bias)?,
+            )),
+        }
+    }
+
+    /// The attention output projection.
+    pub(crate) fn out_proj(&self, attn: &Tensor) -> Result<Tensor> {
+        match &self.packed {
+            Some(p) => matmul(attn, &p.o, &self.o_bias),
+            None => linear(attn, &self.o, &self.o_bias),
+        }
+    }
+
+    /// The gated MLP: `down(silu(gate(h)) · up(h))`.
+    pub(crate) fn mlp(&self, h: &Tensor) -> Result<Tensor> {
+        match &self.packed {
+            Some(p) => {
+                let i = self.gate.size()[0];
+                let y = matmul(h, &p.gate_up, &p.gate_up_bias)?;
+                let act = y.f_narrow(-1, 0, i)?.f_silu()?.f_mul(&y.f_narrow(-1, i, i)?)?;
+                matmul(&act, &p.down, &self.down_bias)
+            }
+            None => {
+                let gate = linear(h, &self.gate, &self.gate_bias)?.f_silu()?;
+                let up = linear(h, &self.up, &self.up_bias)?;
+                linear(&gate.f_mul(&up)?, &self.down, &self.down_bias)
+            }
+        }
+    }
+}
+
+/// RMSNorm as transformers computes it: in f32, cast back, then scaled by the weight.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let kind = x.kind();
+    if kind == Kind::Float {
+        // Same maths in one fused op.
+        let dim = *x.size().last().unwrap_or(&1);
+        return Ok(x.f_rms_norm(&[dim][..], Some(weight), eps)?);
+    }
+    let xf = x.f_to_kind(Kind::Float)?;
+    let var = xf.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
+    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
+    Ok(normed.f_mul(weight)?)
+}
