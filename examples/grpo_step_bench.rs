@@ -15,7 +15,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use icpo::policy::{CausalLm, LoadOptions, Tokenizer};
+use icpo::policy::{CausalLm, DType, LoadOptions, Tokenizer};
 use icpo::train::{Scorer, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 
@@ -37,6 +37,10 @@ struct Args {
     threads: i32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Dtype of products: float32 (default, as the side-by-side runs) or bfloat16 (mixed
+    /// precision: f32 weights, bf16 products).
+    #[arg(long, default_value = "float32")]
+    compute_dtype: String,
 }
 
 fn main() -> Result<()> {
@@ -66,9 +70,13 @@ fn main() -> Result<()> {
             format!("optim.mini_batch_prompts={}", a.prompts),
             format!("optim.micro_batch_size={}", a.prompts * a.samples),
             format!("trainer.seed={}", a.seed),
+            format!("model.compute_dtype=\"{}\"", a.compute_dtype),
         ],
     )?;
-    let policy = CausalLm::load(&a.model, LoadOptions::default())?;
+    let compute = DType::from_hf_name(&a.compute_dtype)
+        .map_err(|e| anyhow::anyhow!("--compute-dtype: {e}"))?;
+    let options = LoadOptions { compute_dtype: Some(compute), ..Default::default() };
+    let policy = CausalLm::load(&a.model, options)?;
     let vocab = policy.config().vocab_size;
     // The trainer keeps a tokenizer for text prompts; this benchmark feeds ids and never decodes.
     let tokenizer =
@@ -95,7 +103,7 @@ fn main() -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"bench": "grpo_step", "prompts": a.prompts, "samples": a.samples, "new_tokens": a.new_tokens, "threads": a.threads, "step_seconds": seconds})
+        serde_json::json!({"bench": "grpo_step", "prompts": a.prompts, "samples": a.samples, "new_tokens": a.new_tokens, "threads": a.threads, "compute_dtype": a.compute_dtype, "step_seconds": seconds})
     );
     Ok(())
 }

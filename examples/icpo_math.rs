@@ -16,9 +16,9 @@ pub mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use icpo::policy::{CausalLm, LoadOptions, Tokenizer};
+use icpo::policy::{CausalLm, Tokenizer};
 use icpo::rollout::{DemoPool, PromptBuilder};
 use icpo::train::{evaluate, load_problems, EvalConfig, Scorer, TrainConfig, Trainer};
 use icpo::verify::MathReward;
@@ -77,16 +77,7 @@ pub fn real_run(
         overrides.insert(0, "algorithm.ief=false".into());
     }
     let cfg = TrainConfig::load(Some(path), &overrides)?;
-    let device = match cfg.model.device.as_str() {
-        "cpu" => icpo::policy::DeviceOpt::Cpu,
-        "cuda" => icpo::policy::DeviceOpt::Cuda(0),
-        d => icpo::policy::DeviceOpt::Cuda(
-            d.strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .context("model.device: cpu, cuda or cuda:N")?,
-        ),
-    };
-    let opts = LoadOptions { device, dtype: cfg.model.dtype, ..Default::default() };
+    let opts = cfg.model.load_options()?;
     let policy = CausalLm::load(&cfg.model.path, opts)?;
     let reference = if cfg.loss.kl_coef > 0.0 {
         let p = if cfg.model.reference_path.is_empty() {

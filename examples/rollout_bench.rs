@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use icpo::policy::{CausalLm, LoadOptions, Tokenizer};
+use icpo::policy::{CausalLm, DType, LoadOptions, Tokenizer};
 use icpo::rollout::{generate, EngineConfig, Request, SamplingParams};
 use rand::{Rng, SeedableRng};
 
@@ -40,6 +40,10 @@ struct Args {
     threads: i32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Dtype of products: float32 (default, as the side-by-side runs) or bfloat16 (mixed
+    /// precision: f32 weights, bf16 products).
+    #[arg(long, default_value = "float32")]
+    compute_dtype: String,
     /// Timed repetitions (after one warm-up); the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -51,7 +55,10 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     tch::set_num_threads(args.threads);
-    let model = CausalLm::load(&args.model, LoadOptions::default())?;
+    let compute = DType::from_hf_name(&args.compute_dtype)
+        .map_err(|e| anyhow::anyhow!("--compute-dtype: {e}"))?;
+    let options = LoadOptions { compute_dtype: Some(compute), ..Default::default() };
+    let model = CausalLm::load(&args.model, options)?;
     let eos =
         Tokenizer::from_dir(&args.model).map(|t| t.eos_token_ids().to_vec()).unwrap_or_default();
     let vocab = model.config().vocab_size;
@@ -89,7 +96,8 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "bench": "rollout", "prompts": args.prompts, "samples": args.samples, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "threads": args.threads, "generated_tokens": tokens,
+            "new_tokens": args.new_tokens, "threads": args.threads, "compute_dtype": args.compute_dtype,
+            "generated_tokens": tokens,
             "seconds": best, "tokens_per_s": tokens as f64 / best
         })
     );

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use icpo_core::{AdvantageEstimator, ErrsConfig, LossConfig, ShapingSchedule};
-use icpo_policy::DType;
+use icpo_policy::{DType, DeviceOpt, LoadOptions};
 use icpo_rollout::{PromptTemplate, DEFAULT_INSTRUCTION};
 use serde::{Deserialize, Serialize};
 
@@ -16,12 +16,34 @@ use crate::error::{io_err, Result, TrainError};
 pub struct ModelSection {
     /// Hugging Face checkpoint directory of the initial policy (required).
     pub path: String,
-    /// Weight dtype. Default float32 (the paper's runs use bfloat16 on GPU).
+    /// Weight dtype: the dtype the optimiser updates. Default float32; the only one allowed
+    /// for training, since in bfloat16 an AdamW step of lr ≈ 1e-6 on weights of ≈ 1e-2 is
+    /// below the weights' resolution and rounds away (why verl keeps f32 master weights).
     pub dtype: DType,
+    /// Dtype of activations and products (rollouts and training). Default float32.
+    /// `bfloat16` is mixed precision (f32 weights, bf16 products), as the paper's runs train
+    /// on GPU, and on a CPU with AMX it multiplies several times faster than f32.
+    pub compute_dtype: DType,
     /// `cpu`, `cuda` or `cuda:N`. Default cpu.
     pub device: String,
     /// Reference policy checkpoint; empty means the initial policy. Default empty.
     pub reference_path: String,
+}
+
+impl ModelSection {
+    /// Device and dtypes to load the policy (and reference) with.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let device = match self.device.as_str() {
+            "cpu" => DeviceOpt::Cpu,
+            "cuda" => DeviceOpt::Cuda(0),
+            d => DeviceOpt::Cuda(
+                d.strip_prefix("cuda:")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| cfg_err("model.device", "must be cpu, cuda or cuda:N"))?,
+            ),
+        };
+        Ok(LoadOptions { device, dtype: self.dtype, compute_dtype: Some(self.compute_dtype) })
+    }
 }
 
 impl Default for ModelSection {
@@ -29,6 +51,7 @@ impl Default for ModelSection {
         ModelSection {
             path: String::new(),
             dtype: DType::F32,
+            compute_dtype: DType::F32,
             device: "cpu".into(),
             reference_path: String::new(),
         }
@@ -328,6 +351,13 @@ impl TrainConfig {
 
     /// Range checks; the error names the key.
     pub fn validate(&self) -> Result<()> {
+        if self.model.dtype != DType::F32 {
+            return Err(cfg_err(
+                "model.dtype",
+                "training needs float32 weights (AdamW updates of ~lr round away in bfloat16/float16); set model.compute_dtype = \"bfloat16\" for mixed precision",
+            ));
+        }
+        self.model.load_options()?;
         let positive =
             |key: &str, v: usize| if v == 0 { Err(cfg_err(key, "must be ≥ 1")) } else { Ok(()) };
         positive("rollout.group_size", self.rollout.group_size)?;
@@ -450,9 +480,32 @@ mod paper_configs {
                 assert_eq!(c.algorithm.ief, !name.contains("grpo"), "{name}");
                 assert_eq!(c.algorithm.shaping, name.contains("-rs"), "{name}");
                 assert_eq!(c.optim.mini_batch_prompts, if name.contains("8b") { 32 } else { 64 });
+                // Mixed precision, as verl trains: f32 weights, bf16 products.
+                assert_eq!((c.model.dtype, c.model.compute_dtype), (DType::F32, DType::BF16));
                 n += 1;
             }
         }
         assert_eq!(n, 6);
+    }
+
+    #[test]
+    fn bf16_weights_and_bad_devices_are_refused_by_name() {
+        let path = ["model.path=\"m\"".to_string(), "data.train_path=\"t.jsonl\"".to_string()];
+        let with = |extra: &str| {
+            let mut o = path.to_vec();
+            o.push(extra.to_string());
+            TrainConfig::load(None, &o).map(|_| ()).unwrap_err().to_string()
+        };
+        let e = with("model.dtype=\"bfloat16\"");
+        assert!(e.contains("model.dtype") && e.contains("compute_dtype"), "{e}");
+        let e = with("model.device=\"tpu\"");
+        assert!(e.contains("model.device"), "{e}");
+        let ok = TrainConfig::load(
+            None,
+            &[path[0].clone(), path[1].clone(), "model.compute_dtype=\"bfloat16\"".into()],
+        )
+        .unwrap();
+        let opts = ok.model.load_options().unwrap();
+        assert_eq!((opts.dtype, opts.compute_dtype), (DType::F32, Some(DType::BF16)));
     }
 }

@@ -39,23 +39,24 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of the gradients (f64; NaN or ∞ when any gradient is).
+    /// Global L2 norm of the gradients (f64; NaN or ∞ when any gradient is). One host sync.
     pub fn grad_norm(params: &BTreeMap<String, Tensor>) -> Result<f64> {
-        let mut sq = 0.0;
+        let mut norms = Vec::with_capacity(params.len());
         for p in params.values() {
             let g = p.grad();
             if g.defined() {
-                sq += g
-                    .f_to_kind(Kind::Double)?
-                    .f_square()?
-                    .f_sum(Kind::Double)?
-                    .f_double_value(&[])?;
+                norms.push(g.f_norm_scalaropt_dtype(2.0, Kind::Double)?);
             }
         }
-        Ok(sq.sqrt())
+        if norms.is_empty() {
+            return Ok(0.0);
+        }
+        Ok(Tensor::f_stack(&norms, 0)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?.sqrt())
     }
 
-    /// Clips gradients to `max_norm` (when > 0), then takes one AdamW step at `lr`.
+    /// Clips gradients to `max_norm` (when > 0), then takes one AdamW step at `lr`, as
+    /// `torch.optim.AdamW` does (decoupled decay, bias-corrected moments, `eps` added to
+    /// `sqrt(v̂)`), in place.
     pub fn step(
         &mut self,
         params: &BTreeMap<String, Tensor>,
@@ -78,21 +79,28 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                let g = g.f_to_kind(Kind::Float)?.f_mul_scalar(scale)?;
+                let g = g.f_to_kind(Kind::Float)?;
                 let m = self.m.entry(name.clone()).or_insert_with(|| g.zeros_like());
                 let v = self.v.entry(name.clone()).or_insert_with(|| g.zeros_like());
-                *m = m.f_mul_scalar(b1)?.f_add(&g.f_mul_scalar(1.0 - b1)?)?;
-                *v = v.f_mul_scalar(b2)?.f_add(&g.f_square()?.f_mul_scalar(1.0 - b2)?)?;
-                let update = m
-                    .f_div_scalar(c1)?
-                    .f_div(&v.f_div_scalar(c2)?.f_sqrt()?.f_add_scalar(cfg.eps)?)?;
+                // m ← β1·m + (1−β1)·g·scale;  v ← β2·v + (1−β2)·(g·scale)²
+                let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar((1.0 - b1) * scale)?)?;
+                let _ = v
+                    .f_mul_scalar_(b2)?
+                    .f_add_(&g.f_square()?.f_mul_scalar_((1.0 - b2) * scale * scale)?)?;
+                // p ← p·(1 − lr·wd) − lr · (m / c1) / (sqrt(v) / sqrt(c2) + eps)
+                let denom = v.f_sqrt()?.f_div_scalar_(c2.sqrt())?.f_add_scalar_(cfg.eps)?;
+                let update = m.f_div(&denom)?.f_mul_scalar_(lr / c1)?;
                 let mut p = p.shallow_clone();
-                let decayed = p.f_mul_scalar(1.0 - lr * cfg.weight_decay)?;
-                let new = decayed
-                    .f_to_kind(Kind::Float)?
-                    .f_sub(&update.f_mul_scalar(lr)?)?
-                    .f_to_kind(p.kind())?;
-                p.f_copy_(&new)?;
+                if p.kind() == Kind::Float {
+                    let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
+                } else {
+                    let new = p
+                        .f_to_kind(Kind::Float)?
+                        .f_mul_scalar(1.0 - lr * cfg.weight_decay)?
+                        .f_sub(&update)?
+                        .f_to_kind(p.kind())?;
+                    p.f_copy_(&new)?;
+                }
             }
             Ok(())
         })
@@ -150,5 +158,66 @@ pub(crate) fn zero_grads(params: &BTreeMap<String, Tensor>) {
 impl Default for AdamW {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `torch.optim.AdamW`'s algorithm (its documentation's pseudo-code) in f64 scalars.
+    fn reference(p: &mut [f64], grads: &[Vec<f64>], cfg: &OptimSection, lr: f64) {
+        let (mut m, mut v) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+        for (t, g) in grads.iter().enumerate() {
+            let t = t as i32 + 1;
+            let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let s = if norm > cfg.grad_clip { cfg.grad_clip / (norm + 1e-6) } else { 1.0 };
+            for i in 0..p.len() {
+                let gi = g[i] * s;
+                p[i] *= 1.0 - lr * cfg.weight_decay;
+                m[i] = cfg.beta1 * m[i] + (1.0 - cfg.beta1) * gi;
+                v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * gi * gi;
+                let mh = m[i] / (1.0 - cfg.beta1.powi(t));
+                let vh = v[i] / (1.0 - cfg.beta2.powi(t));
+                p[i] -= lr * mh / (vh.sqrt() + cfg.eps);
+            }
+        }
+    }
+
+    #[test]
+    fn steps_match_torch_adamw_with_clipping() {
+        let cfg = OptimSection {
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            beta2: 0.99,
+            ..OptimSection::default()
+        };
+        let lr = 0.01;
+        let init = [0.5, -0.25, 1.5, 0.0, -2.0];
+        // The second step's gradient has norm > 1, so it is clipped.
+        let grads = vec![
+            vec![0.1, -0.2, 0.05, 0.3, -0.1],
+            vec![1.5, 0.5, -2.0, 0.1, 0.7],
+            vec![-0.3, 0.2, 0.1, -0.05, 0.4],
+        ];
+        let w = Tensor::from_slice(&init.map(|x| x as f32)).set_requires_grad(true);
+        let params: BTreeMap<String, Tensor> = [("w".to_string(), w.shallow_clone())].into();
+        let mut opt = AdamW::new();
+        for g in &grads {
+            let gt = Tensor::from_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            (&w * &gt).sum(Kind::Float).backward();
+            let norm = AdamW::grad_norm(&params).unwrap();
+            let want = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+            assert!((norm - want).abs() < 1e-6, "grad norm {norm} vs {want}");
+            opt.step(&params, &cfg, lr, norm).unwrap();
+            zero_grads(&params);
+        }
+        let mut expect = init.to_vec();
+        reference(&mut expect, &grads, &cfg, lr);
+        let got: Vec<f32> = Vec::try_from(&w.detach()).unwrap();
+        for (a, b) in got.iter().zip(&expect) {
+            assert!((*a as f64 - b).abs() < 1e-6, "AdamW {a} vs reference {b}");
+        }
+        assert_eq!(opt.updates, 3);
     }
 }
