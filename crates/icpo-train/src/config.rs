@@ -113,6 +113,9 @@ pub struct RolloutSection {
     pub max_new_tokens: usize,
     /// Bound on tokens decoded at once. Default 262,144.
     pub max_tokens_in_flight: usize,
+    /// Parallel decoding streams (`icpo_rollout::EngineConfig::streams`): 0 (default) is one
+    /// per libtorch thread on a CPU and one on a GPU.
+    pub decode_streams: usize,
 }
 
 impl Default for RolloutSection {
@@ -126,6 +129,7 @@ impl Default for RolloutSection {
             top_k: 0,
             max_new_tokens: 8192,
             max_tokens_in_flight: 1 << 18,
+            decode_streams: 0,
         }
     }
 }

@@ -207,7 +207,7 @@ impl Trainer {
         let eos = self.eos_token_ids.clone();
         let engine = EngineConfig {
             max_tokens_in_flight: cfg.rollout.max_tokens_in_flight,
-            ..Default::default()
+            streams: cfg.rollout.decode_streams,
         };
         let seed_on = seed_for(cfg.trainer.seed, self.step, 1);
         let on = generate(

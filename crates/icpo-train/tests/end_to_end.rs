@@ -45,9 +45,9 @@ fn config(out: &str, overrides: &[&str]) -> TrainConfig {
 }
 
 fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
-    let policy = CausalLm::load(tiny(), LoadOptions::default()).unwrap();
-    let reference =
-        (cfg.loss.kl_coef > 0.0).then(|| CausalLm::load(tiny(), LoadOptions::default()).unwrap());
+    let opts = cfg.model.load_options().unwrap();
+    let policy = CausalLm::load(tiny(), opts).unwrap();
+    let reference = (cfg.loss.kl_coef > 0.0).then(|| CausalLm::load(tiny(), opts).unwrap());
     let tok = Tokenizer::from_dir(tiny()).unwrap();
     let problems = (0..8)
         .map(|i| Problem {
@@ -103,6 +103,31 @@ fn icpo_trains_with_finite_losses_and_annealed_bonus() {
         let text = tok.decode(p, false).unwrap();
         assert!(text.contains("Write a letter.") || text.contains("Name a vowel."), "{text}");
     }
+}
+
+/// Mixed precision (bf16 products): finite losses, and the f32 weights move.
+#[test]
+fn mixed_precision_trains_f32_weights() {
+    let cfg = config("icpo-e2e-bf16", &["model.compute_dtype=\"bfloat16\"", "loss.kl_coef=0.001"]);
+    let mut t = trainer(cfg, "e");
+    assert_eq!(t.policy().compute_dtype(), icpo_policy::DType::BF16);
+    let before: Vec<(String, tch::Tensor)> =
+        t.policy().named_weights().into_iter().map(|(n, w)| (n, w.copy())).collect();
+    for m in run(&mut t, 2) {
+        for k in ["actor/pg_loss", "actor/kl", "actor/grad_norm", "actor/entropy"] {
+            assert!(m[k].is_finite(), "{k} = {}", m[k]);
+        }
+        assert_eq!(m["train/skipped_updates"], 0.0);
+    }
+    let after = t.policy().named_weights();
+    let mut moved = 0;
+    for (n, w) in &before {
+        assert_eq!(after[n].kind(), tch::Kind::Float, "{n} stays f32");
+        if (&after[n] - w).abs().max().double_value(&[]) > 0.0 {
+            moved += 1;
+        }
+    }
+    assert!(moved * 2 > before.len(), "only {moved} of {} weights moved", before.len());
 }
 
 #[test]
