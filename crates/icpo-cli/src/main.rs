@@ -87,14 +87,7 @@ enum Command {
 }
 
 fn parse_device(s: &str) -> Result<DeviceOpt> {
-    match s {
-        "cpu" => Ok(DeviceOpt::Cpu),
-        "cuda" => Ok(DeviceOpt::Cuda(0)),
-        _ => match s.strip_prefix("cuda:").map(str::parse) {
-            Some(Ok(n)) => Ok(DeviceOpt::Cuda(n)),
-            _ => bail!("--device: unknown device `{s}` (valid: cpu, cuda, cuda:N)"),
-        },
-    }
+    s.parse().map_err(|e| anyhow::anyhow!("--device: {e}"))
 }
 
 fn parse_ids(s: &str) -> Result<Vec<i64>> {

@@ -36,6 +36,22 @@ pub enum DeviceOpt {
     Cuda(usize),
 }
 
+impl std::str::FromStr for DeviceOpt {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceOpt::Cpu),
+            "cuda" => Ok(DeviceOpt::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(DeviceOpt::Cuda(n)),
+                _ => Err(format!("unknown device `{s}` (valid: cpu, cuda, cuda:N)")),
+            },
+        }
+    }
+}
+
 impl DeviceOpt {
     /// The libtorch device.
     pub fn device(self) -> Device {

@@ -33,15 +33,7 @@ pub struct ModelSection {
 impl ModelSection {
     /// Device and dtypes to load the policy (and reference) with.
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let device = match self.device.as_str() {
-            "cpu" => DeviceOpt::Cpu,
-            "cuda" => DeviceOpt::Cuda(0),
-            d => DeviceOpt::Cuda(
-                d.strip_prefix("cuda:")
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| cfg_err("model.device", "must be cpu, cuda or cuda:N"))?,
-            ),
-        };
+        let device: DeviceOpt = self.device.parse().map_err(|e| cfg_err("model.device", e))?;
         Ok(LoadOptions { device, dtype: self.dtype, compute_dtype: Some(self.compute_dtype) })
     }
 }
