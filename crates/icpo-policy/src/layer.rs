@@ -72,7 +72,7 @@ fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)]) -> Result<Option<Tensor>> {
 /// `(out, in)` matrices stacked along `out`, then transposed to a contiguous `(in, Σ out)`.
 fn fused_t(ws: &[&Tensor]) -> Result<Tensor> {
     let ws: Vec<Tensor> = ws.iter().map(|w| w.f_detach()).collect::<std::result::Result<_, _>>()?;
-    Ok(Tensor::f_cat(&ws, 0)?.f_t_()?.f_contiguous()?)
+    Ok(Tensor::f_cat(&ws, 0)?.f_tr()?.f_contiguous()?)
 }
 
 impl Layer {

@@ -89,25 +89,24 @@ impl CausalLm {
                 "response_logprobs: prompts must be left padded (the last prompt column must be a real token in every row)".into(),
             ));
         }
-        let hidden = match self.shared_prompt_hidden(prompt_ids, &pmask, response_ids, &rmask)? {
-            Some(hidden) => hidden,
-            None => {
-                let ids = Tensor::f_cat(
-                    &[prompt_ids.f_to_device(device)?, response_ids.f_to_device(device)?],
-                    1,
-                )?;
-                let mask = Tensor::f_cat(
-                    &[pmask.f_to_kind(Kind::Int64)?, rmask.f_to_kind(Kind::Int64)?],
-                    1,
-                )?;
-                let hidden = self.hidden_states(&ids, Some(&mask))?;
-                // Position p predicts token p + 1: the response is predicted from
-                // plen-1 .. plen+rlen-2.
-                hidden.f_narrow(1, plen - 1, rlen)?
-            }
-        };
-        let targets = response_ids.f_to_device(device)?;
         let vocab = self.config().vocab_size;
+        check_ids(prompt_ids, None, vocab, "response_logprobs (prompt)")?;
+        check_ids(response_ids, None, vocab, "response_logprobs (response)")?;
+        let prompt_ids = prompt_ids.f_to_device(device)?;
+        let response_ids = response_ids.f_to_device(device)?;
+        let (p_keys, r_keys) = (pmask.f_ne(0)?, rmask.f_ne(0)?);
+        let hidden =
+            match self.shared_prompt_hidden(&prompt_ids, &p_keys, &response_ids, &r_keys)? {
+                Some(hidden) => hidden,
+                None => {
+                    let ids = Tensor::f_cat(&[&prompt_ids, &response_ids], 1)?;
+                    let keys = Tensor::f_cat(&[&p_keys, &r_keys], 1)?;
+                    // Position p predicts token p + 1: the response is predicted from
+                    // plen-1 .. plen+rlen-2.
+                    self.run_masked(&ids, &keys, None)?.f_narrow(1, plen - 1, rlen)?
+                }
+            };
+        let targets = response_ids;
         let step = (CHUNK_ELEMENTS / (batch * vocab)).max(1);
         let mut lps = Vec::new();
         let mut ents = Vec::new();
@@ -152,46 +151,41 @@ impl CausalLm {
     /// prompt, and IEF rollouts are scored after the same plain prompt): the prompt pass runs on
     /// the distinct prompts, and the responses attend to their prompt's keys and values. `None`
     /// when no two consecutive rows share a prompt. Differentiable, exact up to float rounding.
+    ///
+    /// # Shapes
+    /// - `prompt_ids`, `p_keys` (bool): `(batch, prompt_len)`, checked, on the model's device
+    /// - `response_ids`, `r_keys` (bool): `(batch, response_len)`, likewise
     fn shared_prompt_hidden(
         &self,
         prompt_ids: &Tensor,
-        pmask: &Tensor,
+        p_keys: &Tensor,
         response_ids: &Tensor,
-        rmask: &Tensor,
+        r_keys: &Tensor,
     ) -> Result<Option<Tensor>> {
-        let device = self.device();
-        let (batch, plen) = check_ids(prompt_ids, Some(pmask), self.config().vocab_size, "prompt")?;
+        let (batch, plen) = (prompt_ids.size()[0], prompt_ids.size()[1]);
         let rlen = response_ids.size()[1];
-        let pmask = pmask.f_to_kind(Kind::Int64)?;
-        let key = Tensor::f_cat(&[&pmask, &prompt_ids.f_to_device(device)?], 1)?;
-        let (distinct, row_of, _) = key.f_unique_consecutive(true, false, 0)?;
-        let unique = distinct.size()[0];
-        if unique == batch {
+        let key = Tensor::f_cat(&[&p_keys.f_to_kind(Kind::Int64)?, prompt_ids], 1)?;
+        let (distinct, rows, _) = key.f_unique_consecutive(true, false, 0)?;
+        if distinct.size()[0] == batch {
             return Ok(None);
         }
-        check_ids(response_ids, None, self.config().vocab_size, "response")?;
         // Prompt pass over the distinct prompts, keeping every layer's keys and values.
-        let (u_mask, u_ids) = (distinct.f_narrow(1, 0, plen)?, distinct.f_narrow(1, plen, plen)?);
-        let u_keys = u_mask.f_ne(0)?;
-        let positions = u_keys.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?;
-        let mask = attention_mask_4d(&u_keys, plen, 0)?;
+        let u_keys = distinct.f_narrow(1, 0, plen)?.f_ne(0)?;
+        let u_ids = distinct.f_narrow(1, plen, plen)?;
         let mut kv = Vec::new();
-        let prompt_hidden =
-            self.run_layers(&u_ids, &positions, &mask, Past::None, Some(&mut kv))?;
-        let rows = row_of.f_to_device(device)?;
+        let prompt_hidden = self.run_masked(&u_ids, &u_keys, Some(&mut kv))?;
         let kv = kv
             .into_iter()
             .map(|(k, v)| Ok((k.f_index_select(0, &rows)?, v.f_index_select(0, &rows)?)))
             .collect::<Result<Vec<_>>>()?;
         // Response pass: positions continue after each row's prompt.
-        let r_keys = rmask.f_ne(0)?;
-        let start = u_keys.f_sum_dim_intlist(1, true, Kind::Int64)?.f_index_select(0, &rows)?;
+        let start = p_keys.f_sum_dim_intlist(1, true, Kind::Int64)?;
         let positions =
             r_keys.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_add(&start)?.f_clamp_min(0)?;
-        let key_mask = Tensor::f_cat(&[&u_keys.f_index_select(0, &rows)?, &r_keys], 1)?;
+        let key_mask = Tensor::f_cat(&[p_keys, r_keys], 1)?;
         let mask = attention_mask_4d(&key_mask, rlen, plen)?;
-        let ids = response_ids.f_to_device(device)?;
-        let response_hidden = self.run_layers(&ids, &positions, &mask, Past::Prefix(&kv), None)?;
+        let response_hidden =
+            self.run_layers(response_ids, &positions, &mask, Past::Prefix(&kv), None)?;
         // The last prompt position predicts the first response token.
         let last = prompt_hidden.f_select(1, plen - 1)?.f_index_select(0, &rows)?.f_unsqueeze(1)?;
         Ok(Some(Tensor::f_cat(&[last, response_hidden.f_narrow(1, 0, rlen - 1)?], 1)?))

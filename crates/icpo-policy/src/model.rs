@@ -301,7 +301,7 @@ impl CausalLm {
                 for layer in copy.layers.iter_mut() {
                     layer.pack()?;
                 }
-                copy.lm_head_t = Some(copy.lm_head.f_detach()?.f_t_()?.f_contiguous()?);
+                copy.lm_head_t = Some(copy.lm_head.f_detach()?.f_tr()?.f_contiguous()?);
             }
             Ok(())
         })?;
@@ -376,9 +376,20 @@ impl CausalLm {
             Some(m) => m.f_to_device(device)?.f_ne(0)?,
             None => Tensor::f_ones([batch, seq], (Kind::Bool, device))?,
         };
+        self.run_masked(&input_ids.f_to_device(device)?, &key_mask, None)
+    }
+
+    /// [`CausalLm::hidden_states`] of checked ids with a bool `key_mask (batch, seq)`, both on
+    /// the model's device; `kv_out` as in [`CausalLm::run_layers`].
+    pub(crate) fn run_masked(
+        &self,
+        ids: &Tensor,
+        key_mask: &Tensor,
+        kv_out: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let positions = key_mask.f_cumsum(1, Kind::Int64)?.f_sub_scalar(1)?.f_clamp_min(0)?;
-        let mask = attention_mask_4d(&key_mask, seq, 0)?;
-        self.run_layers(&input_ids.f_to_device(device)?, &positions, &mask, Past::None, None)
+        let mask = attention_mask_4d(key_mask, key_mask.size()[1], 0)?;
+        self.run_layers(ids, &positions, &mask, Past::None, kv_out)
     }
 
     /// The output projection `(vocab, hidden)` (the embedding when tied).

@@ -3,14 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::path::PathBuf;
+mod common;
+use common::dir;
 
 use icpo_policy::{CausalLm, Entropy, LoadOptions};
 use tch::{Kind, Tensor};
-
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
-}
 
 #[test]
 fn logprob_gradients_match_finite_differences() {

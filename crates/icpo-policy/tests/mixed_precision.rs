@@ -5,28 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+
+mod common;
+use common::{dir, golden, max_abs_diff, MODELS};
 
 use icpo_policy::{CausalLm, DType, Entropy, LoadOptions};
 use tch::{Kind, Tensor};
 
-const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-llama"];
-
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
-}
-
-fn golden(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir(name).join("golden.safetensors")).unwrap().into_iter().collect()
-}
-
 fn load(name: &str, compute: Option<DType>) -> CausalLm {
     let options = LoadOptions { compute_dtype: compute, ..Default::default() };
     CausalLm::load(dir(name), options).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }
 
 /// Weighted log-prob sum's gradient, flattened over all weights in name order.

@@ -7,24 +7,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+mod common;
+use common::{dir, golden, max_abs_diff, MODELS};
+
 use icpo_policy::{CausalLm, LoadOptions};
 use tch::{Kind, Tensor};
 
-const MODELS: [&str; 3] = ["tiny-qwen2", "tiny-qwen3", "tiny-llama"];
 const TOL: f64 = 1e-4;
-
-fn dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
-}
-
-fn golden(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir(name).join("golden.safetensors")).unwrap().into_iter().collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
-}
 
 fn load(name: &str) -> CausalLm {
     CausalLm::load(dir(name), LoadOptions::default()).unwrap()

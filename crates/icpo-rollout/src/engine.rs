@@ -192,16 +192,14 @@ fn generate_streams<M: DecodeModel>(
     let Some(base) = base else {
         return tch::no_grad(|| generate_chunk(model, request, &all, tokenizer));
     };
-    if streams == 1 {
+    let forks = if streams > 1 {
+        (0..streams).map(|_| base.fork()).collect::<Result<Option<Vec<_>>>>()?
+    } else {
+        None
+    };
+    let Some(forks) = forks else {
         return tch::no_grad(|| generate_chunk(base, request, &all, tokenizer));
-    }
-    let mut forks = Vec::with_capacity(streams);
-    for _ in 0..streams {
-        match base.fork()? {
-            Some(f) => forks.push(f),
-            None => return tch::no_grad(|| generate_chunk(base, request, &all, tokenizer)),
-        }
-    }
+    };
     let per_stream = (threads / streams).max(1) as i32;
     let results: Vec<Result<Vec<Rollout>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = forks
