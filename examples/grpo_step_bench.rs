@@ -41,6 +41,9 @@ struct Args {
     /// precision: f32 weights, bf16 products).
     #[arg(long, default_value = "float32")]
     compute_dtype: String,
+    /// Decoding streams (0: the engine's default, one per thread on a CPU).
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
 }
 
 fn main() -> Result<()> {
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
             format!("optim.micro_batch_size={}", a.prompts * a.samples),
             format!("trainer.seed={}", a.seed),
             format!("model.compute_dtype=\"{}\"", a.compute_dtype),
+            format!("rollout.decode_streams={}", a.streams),
         ],
     )?;
     let compute = DType::from_hf_name(&a.compute_dtype)

@@ -3,6 +3,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
+use crate::rope;
 
 /// A layer's weights, as the checkpoint stores them (`(out, in)` matrices).
 pub(crate) struct Layer {
@@ -39,6 +40,17 @@ pub(crate) struct Packed {
     gate_up: Tensor,
     gate_up_bias: Option<Tensor>,
     down: Tensor,
+    /// Qwen3's q and k norm weights side by side, `(heads + kv_heads, head_dim)`, so that one
+    /// normalisation and one rotation serve the queries and keys of a decoding step.
+    qk_norm: Option<Tensor>,
+}
+
+/// Attention head counts and size.
+#[derive(Clone, Copy)]
+pub(crate) struct Heads {
+    pub(crate) q: i64,
+    pub(crate) kv: i64,
+    pub(crate) dim: i64,
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
@@ -106,6 +118,7 @@ impl Layer {
                 gate_up: t(&p.gate_up),
                 gate_up_bias: o(&p.gate_up_bias),
                 down: t(&p.down),
+                qk_norm: o(&p.qk_norm),
             }),
         }
     }
@@ -150,28 +163,57 @@ impl Layer {
             gate_up: fused_t(&[&self.gate, &self.up])?,
             gate_up_bias: fused_bias(&[(&self.gate_bias, &self.gate), (&self.up_bias, &self.up)])?,
             down: fused_t(&[&self.down])?,
+            qk_norm: match (&self.q_norm, &self.k_norm) {
+                (Some(qn), Some(kn)) => {
+                    let heads = self.q.size()[0] / qn.size()[0];
+                    let kv_heads = self.k.size()[0] / kn.size()[0];
+                    let rows = [
+                        qn.f_detach()?.f_unsqueeze(0)?.f_expand([heads, -1], false)?,
+                        kn.f_detach()?.f_unsqueeze(0)?.f_expand([kv_heads, -1], false)?,
+                    ];
+                    Some(Tensor::f_cat(&rows, 0)?)
+                }
+                _ => None,
+            },
         });
         Ok(())
     }
 
-    /// Query, key and value projections of `h (batch, t, hidden)`: `(batch, t, out)` each.
-    pub(crate) fn qkv(&self, h: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        match &self.packed {
-            Some(p) => {
-                let (qd, kvd) = (self.q.size()[0], self.k.size()[0]);
-                let y = matmul(h, &p.qkv, &p.qkv_bias)?;
-                Ok((
-                    y.f_narrow(-1, 0, qd)?,
-                    y.f_narrow(-1, qd, kvd)?,
-                    y.f_narrow(-1, qd + kvd, kvd)?,
-                ))
-            }
-            None => Ok((
-                linear(h, &self.q, &self.q_bias)?,
-                linear(h, &self.k, &self.k_bias)?,
-                linear(h, &self.v, &self.v_bias)?,
-            )),
+    /// Queries `(batch, heads, t, head_dim)`, keys and values `(batch, kv_heads, t, head_dim)`
+    /// of `h (batch, t, hidden)`: projected, q/k-normed (Qwen3) and rotated by `cos`/`sin`.
+    pub(crate) fn attention_inputs(
+        &self,
+        h: &Tensor,
+        heads: Heads,
+        eps: f64,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let size = h.size();
+        let (b, t) = (size[0], size[1]);
+        let Heads { q: nh, kv: nkv, dim: hd } = heads;
+        if let Some(p) = &self.packed {
+            // Decoding: queries and keys are normed and rotated together, one op each.
+            let y = matmul(h, &p.qkv, &p.qkv_bias)?;
+            let qk = y.f_narrow(-1, 0, (nh + nkv) * hd)?.f_view([b, t, nh + nkv, hd])?;
+            let qk = match &p.qk_norm {
+                Some(w) => rms_normalize(&qk, eps)?.f_mul(w)?,
+                None => qk,
+            };
+            let qk = rope::apply(&qk.f_transpose(1, 2)?, cos, sin)?;
+            let v = y.f_narrow(-1, (nh + nkv) * hd, nkv * hd)?.f_view([b, t, nkv, hd])?;
+            return Ok((qk.f_narrow(1, 0, nh)?, qk.f_narrow(1, nh, nkv)?, v.f_transpose(1, 2)?));
         }
+        let mut q = linear(h, &self.q, &self.q_bias)?.f_view([b, t, nh, hd])?;
+        let mut k = linear(h, &self.k, &self.k_bias)?.f_view([b, t, nkv, hd])?;
+        let v = linear(h, &self.v, &self.v_bias)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = rms_norm(&q, qn, eps)?;
+            k = rms_norm(&k, kn, eps)?;
+        }
+        let q = rope::apply(&q.f_transpose(1, 2)?, cos, sin)?;
+        let k = rope::apply(&k.f_transpose(1, 2)?, cos, sin)?;
+        Ok((q, k, v))
     }
 
     /// The attention output projection.
@@ -202,14 +244,22 @@ impl Layer {
 
 /// RMSNorm as transformers computes it: in f32, cast back, then scaled by the weight.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let kind = x.kind();
-    if kind == Kind::Float {
-        // Same maths in one fused op.
+    if x.kind() == Kind::Float {
+        // Same maths in one op.
         let dim = *x.size().last().unwrap_or(&1);
         return Ok(x.f_rms_norm(&[dim][..], Some(weight), eps)?);
     }
+    Ok(rms_normalize(x, eps)?.f_mul(weight)?)
+}
+
+/// RMSNorm over the last dimension without the weight: in f32, cast back to `x`'s dtype.
+fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let kind = x.kind();
+    if kind == Kind::Float {
+        let dim = *x.size().last().unwrap_or(&1);
+        return Ok(x.f_rms_norm(&[dim][..], None::<&Tensor>, eps)?);
+    }
     let xf = x.f_to_kind(Kind::Float)?;
     let var = xf.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
-    let normed = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?;
-    Ok(normed.f_mul(weight)?)
+    Ok(xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?)
 }

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::cache::KvCache;
 use crate::config::{Architecture, DType, ModelConfig};
 use crate::error::{write_atomic, PolicyError, Result};
-use crate::layer::{rms_norm, Layer};
+use crate::layer::{rms_norm, Heads, Layer};
 use crate::{rope, weights};
 
 /// Where and in which dtype to put a model.
@@ -423,19 +423,11 @@ impl CausalLm {
         let size = ids.size();
         let (b, t) = (size[0], size[1]);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let heads = Heads { q: nh, kv: nkv, dim: hd };
         for (li, layer) in layers.iter().enumerate() {
             // Attention block.
             let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let (q, k, v) = layer.qkv(&h)?;
-            let mut q = q.f_view([b, t, nh, hd])?;
-            let mut k = k.f_view([b, t, nkv, hd])?;
-            let v = v.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                q = rms_norm(&q, qn, eps)?;
-                k = rms_norm(&k, kn, eps)?;
-            }
-            let q = rope::apply(&q.f_transpose(1, 2)?, &cos, &sin)?;
-            let k = rope::apply(&k.f_transpose(1, 2)?, &cos, &sin)?;
+            let (q, k, v) = layer.attention_inputs(&h, heads, eps, &cos, &sin)?;
             if let Some(out) = kv_out.as_mut() {
                 out.push((k.shallow_clone(), v.shallow_clone()));
             }
