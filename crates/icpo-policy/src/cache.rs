@@ -2,8 +2,9 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::attention::attention_mask_4d;
 use crate::error::{PolicyError, Result};
-use crate::model::{attention_mask_4d, check_ids, CausalLm, Past};
+use crate::model::{check_ids, CausalLm, Past};
 
 /// Keys and values of every layer for a batch of sequences, preallocated along the sequence axis.
 ///

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attention;
 mod cache;
 mod config;
 mod error;

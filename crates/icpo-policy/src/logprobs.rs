@@ -2,8 +2,9 @@
 
 use tch::{Kind, Tensor};
 
+use crate::attention::attention_mask_4d;
 use crate::error::{PolicyError, Result};
-use crate::model::{attention_mask_4d, check_ids, CausalLm, Past};
+use crate::model::{check_ids, CausalLm, Past};
 
 /// Whether and how [`CausalLm::response_logprobs`] computes per-token entropy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

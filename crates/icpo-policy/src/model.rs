@@ -6,6 +6,7 @@ use std::path::Path;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use crate::attention::{attend, attention_mask_4d, single_query_mask};
 use crate::cache::KvCache;
 use crate::config::{Architecture, DType, ModelConfig};
 use crate::error::{write_atomic, PolicyError, Result};
@@ -424,6 +425,11 @@ impl CausalLm {
         let (b, t) = (size[0], size[1]);
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let heads = Heads { q: nh, kv: nkv, dim: hd };
+        // A decoding step's single query per row: made additive once for all layers.
+        let single_query_mask = match &past {
+            Past::Cache(..) if t == 1 => single_query_mask(mask, kind)?,
+            _ => None,
+        };
         for (li, layer) in layers.iter().enumerate() {
             // Attention block.
             let h = rms_norm(&x, &layer.input_norm, eps)?;
@@ -452,17 +458,7 @@ impl CausalLm {
                 }
                 Past::None => (k, v),
             };
-            // Grouped-query attention without materialising repeated keys and values.
-            let attn = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(mask),
-                0.0,
-                false,
-                None,
-                nh != nkv,
-            )?;
+            let attn = attend(&q, &k, &v, mask, single_query_mask.as_ref())?;
             let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
             x = x.f_add(&layer.out_proj(&attn)?)?;
             // MLP block.
@@ -482,18 +478,4 @@ pub(crate) enum Past<'a> {
     /// A prefix's keys and values per layer, `(batch, kv_heads, prefix_len, head_dim)`, put
     /// before the new tokens' without in-place writes, so gradients flow into the prefix.
     Prefix(&'a [(Tensor, Tensor)]),
-}
-
-/// Boolean attention mask `(batch, 1, new, offset + new)`: a query sees real keys at or before
-/// its own slot, and always itself (so padding rows never softmax over nothing).
-pub(crate) fn attention_mask_4d(key_mask: &Tensor, new: i64, offset: i64) -> Result<Tensor> {
-    let device = key_mask.device();
-    let total = key_mask.size()[1];
-    let kpos = Tensor::f_arange(total, (Kind::Int64, device))?.f_view([1, total])?;
-    let qpos =
-        Tensor::f_arange(new, (Kind::Int64, device))?.f_add_scalar(offset)?.f_view([new, 1])?;
-    let causal = kpos.f_le_tensor(&qpos)?;
-    let diag = kpos.f_eq_tensor(&qpos)?;
-    let keys = key_mask.f_view([-1, 1, 1, total])?;
-    Ok(keys.f_logical_and(&causal)?.f_logical_or(&diag)?)
 }
