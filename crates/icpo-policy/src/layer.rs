@@ -1,5 +1,7 @@
 //! One decoder layer's weights and projections, in checkpoint form or packed for decoding.
 
+use std::convert::Infallible;
+
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -88,30 +90,42 @@ fn fused_t(ws: &[&Tensor]) -> Result<Tensor> {
 }
 
 impl Layer {
+    /// The same layer with `f` applied to every weight and bias (no packed form).
+    fn map<E>(
+        &self,
+        f: impl Fn(&Tensor) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<Layer, E> {
+        let o = |t: &Option<Tensor>| t.as_ref().map(&f).transpose();
+        Ok(Layer {
+            input_norm: f(&self.input_norm)?,
+            post_norm: f(&self.post_norm)?,
+            q: f(&self.q)?,
+            q_bias: o(&self.q_bias)?,
+            k: f(&self.k)?,
+            k_bias: o(&self.k_bias)?,
+            v: f(&self.v)?,
+            v_bias: o(&self.v_bias)?,
+            o: f(&self.o)?,
+            o_bias: o(&self.o_bias)?,
+            q_norm: o(&self.q_norm)?,
+            k_norm: o(&self.k_norm)?,
+            gate: f(&self.gate)?,
+            gate_bias: o(&self.gate_bias)?,
+            up: f(&self.up)?,
+            up_bias: o(&self.up_bias)?,
+            down: f(&self.down)?,
+            down_bias: o(&self.down_bias)?,
+            packed: None,
+        })
+    }
+
     /// A handle on the same weights and packed projections (nothing copied).
     pub(crate) fn shallow_clone(&self) -> Layer {
-        let t = |t: &Tensor| t.shallow_clone();
-        let o = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
-        Layer {
-            input_norm: t(&self.input_norm),
-            post_norm: t(&self.post_norm),
-            q: t(&self.q),
-            q_bias: o(&self.q_bias),
-            k: t(&self.k),
-            k_bias: o(&self.k_bias),
-            v: t(&self.v),
-            v_bias: o(&self.v_bias),
-            o: t(&self.o),
-            o_bias: o(&self.o_bias),
-            q_norm: o(&self.q_norm),
-            k_norm: o(&self.k_norm),
-            gate: t(&self.gate),
-            gate_bias: o(&self.gate_bias),
-            up: t(&self.up),
-            up_bias: o(&self.up_bias),
-            down: t(&self.down),
-            down_bias: o(&self.down_bias),
-            packed: self.packed.as_ref().map(|p| Packed {
+        let Ok(mut layer) = self.map(|t| Ok::<_, Infallible>(t.shallow_clone()));
+        layer.packed = self.packed.as_ref().map(|p| {
+            let t = Tensor::shallow_clone;
+            let o = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
+            Packed {
                 qkv: t(&p.qkv),
                 qkv_bias: o(&p.qkv_bias),
                 o: t(&p.o),
@@ -119,35 +133,14 @@ impl Layer {
                 gate_up_bias: o(&p.gate_up_bias),
                 down: t(&p.down),
                 qk_norm: o(&p.qk_norm),
-            }),
-        }
+            }
+        });
+        layer
     }
 
     /// The weights cast to `kind` (differentiable casts; no packed form).
     pub(crate) fn cast(&self, kind: Kind) -> Result<Layer> {
-        let t = |t: &Tensor| t.f_to_kind(kind);
-        let o = |t: &Option<Tensor>| t.as_ref().map(|t| t.f_to_kind(kind)).transpose();
-        Ok(Layer {
-            input_norm: t(&self.input_norm)?,
-            post_norm: t(&self.post_norm)?,
-            q: t(&self.q)?,
-            q_bias: o(&self.q_bias)?,
-            k: t(&self.k)?,
-            k_bias: o(&self.k_bias)?,
-            v: t(&self.v)?,
-            v_bias: o(&self.v_bias)?,
-            o: t(&self.o)?,
-            o_bias: o(&self.o_bias)?,
-            q_norm: o(&self.q_norm)?,
-            k_norm: o(&self.k_norm)?,
-            gate: t(&self.gate)?,
-            gate_bias: o(&self.gate_bias)?,
-            up: t(&self.up)?,
-            up_bias: o(&self.up_bias)?,
-            down: t(&self.down)?,
-            down_bias: o(&self.down_bias)?,
-            packed: None,
-        })
+        Ok(self.map(|t| t.f_to_kind(kind))?)
     }
 
     /// Builds the packed projections (a copy of the weights' current values).

@@ -427,7 +427,7 @@ impl CausalLm {
         let heads = Heads { q: nh, kv: nkv, dim: hd };
         // A decoding step's single query per row: made additive once for all layers.
         let single_query_mask = match &past {
-            Past::Cache(..) if t == 1 => single_query_mask(mask, kind)?,
+            Past::Cache(..) => single_query_mask(mask, kind)?,
             _ => None,
         };
         for (li, layer) in layers.iter().enumerate() {
