@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 mod common;
-use common::{dir, golden, max_abs_diff, MODELS};
+use common::{dir, golden, golden_logprobs, max_abs_diff, MODELS};
 
 use icpo_policy::{CausalLm, DType, Entropy, LoadOptions};
 use tch::{Kind, Tensor};
@@ -19,15 +19,7 @@ fn load(name: &str, compute: Option<DType>) -> CausalLm {
 
 /// Weighted log-prob sum's gradient, flattened over all weights in name order.
 fn logprob_gradient(model: &CausalLm, g: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
-    let out = model
-        .response_logprobs(
-            &g["resp_prompt_ids"],
-            &g["resp_prompt_mask"],
-            &g["resp_ids"],
-            &g["resp_mask"],
-            Entropy::Skip,
-        )
-        .unwrap();
+    let out = golden_logprobs(model, g, Entropy::Skip);
     out.logprobs.sum(Kind::Float).backward();
     let mut named: Vec<(String, Tensor)> = model.named_weights().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));

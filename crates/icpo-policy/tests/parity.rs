@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 mod common;
-use common::{dir, golden, max_abs_diff, MODELS};
+use common::{dir, golden, golden_logprobs, max_abs_diff, MODELS};
 
-use icpo_policy::{CausalLm, LoadOptions};
+use icpo_policy::{CausalLm, Entropy, LoadOptions};
 use tch::{Kind, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -127,15 +127,7 @@ fn response_logprobs_match_transformers() {
     for name in MODELS {
         let g = golden(name);
         let model = load(name);
-        let out = model
-            .response_logprobs(
-                &g["resp_prompt_ids"],
-                &g["resp_prompt_mask"],
-                &g["resp_ids"],
-                &g["resp_mask"],
-                icpo_policy::Entropy::Metric,
-            )
-            .unwrap();
+        let out = golden_logprobs(&model, &g, Entropy::Metric);
         let d = max_abs_diff(&out.logprobs, &g["resp_logprobs"]);
         assert!(d <= TOL, "{name}: log-probs max |Δ| = {d:e}");
         let d = max_abs_diff(&out.entropy.unwrap(), &g["resp_entropy"]);
@@ -147,15 +139,7 @@ fn response_logprobs_match_transformers() {
 fn response_logprobs_are_differentiable() {
     let g = golden("tiny-qwen3");
     let model = load("tiny-qwen3");
-    let out = model
-        .response_logprobs(
-            &g["resp_prompt_ids"],
-            &g["resp_prompt_mask"],
-            &g["resp_ids"],
-            &g["resp_mask"],
-            icpo_policy::Entropy::Skip,
-        )
-        .unwrap();
+    let out = golden_logprobs(&model, &g, Entropy::Skip);
     out.logprobs.sum(Kind::Float).backward();
     let embed = &model.named_weights()["model.embed_tokens.weight"];
     assert!(embed.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
@@ -181,7 +165,7 @@ fn repeated_prompts_are_computed_once_with_the_same_values_and_gradients() {
                     &pick(&g["resp_prompt_mask"]),
                     &pick(&g["resp_ids"]),
                     &pick(&g["resp_mask"]),
-                    icpo_policy::Entropy::Skip,
+                    Entropy::Skip,
                 )
                 .unwrap();
             (&out.logprobs * pick(&w)).sum(Kind::Float).backward();
@@ -238,21 +222,9 @@ fn tempdir(tag: &str) -> PathBuf {
 fn entropy_is_differentiable_only_when_asked() {
     let g = golden("tiny-qwen3");
     let model = load("tiny-qwen3");
-    let run = |mode| {
-        model
-            .response_logprobs(
-                &g["resp_prompt_ids"],
-                &g["resp_prompt_mask"],
-                &g["resp_ids"],
-                &g["resp_mask"],
-                mode,
-            )
-            .unwrap()
-            .entropy
-            .unwrap()
-    };
-    let metric = run(icpo_policy::Entropy::Metric);
-    let diff = run(icpo_policy::Entropy::Differentiable);
+    let run = |mode| golden_logprobs(&model, &g, mode).entropy.unwrap();
+    let metric = run(Entropy::Metric);
+    let diff = run(Entropy::Differentiable);
     assert!(!metric.requires_grad() && diff.requires_grad());
     assert!(
         max_abs_diff(&metric, &g["resp_entropy"]) <= TOL

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use icpo_policy::{CausalLm, Entropy, TokenLogprobs};
 use tch::{Kind, Tensor};
 
 /// The tiny checkpoints, one per family.
@@ -25,4 +26,22 @@ pub fn golden(name: &str) -> HashMap<String, Tensor> {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+/// [`CausalLm::response_logprobs`] of the golden response batch (`resp_*`), whose log-probs and
+/// entropies transformers computed as `resp_logprobs` and `resp_entropy`.
+pub fn golden_logprobs(
+    model: &CausalLm,
+    g: &HashMap<String, Tensor>,
+    entropy: Entropy,
+) -> TokenLogprobs {
+    model
+        .response_logprobs(
+            &g["resp_prompt_ids"],
+            &g["resp_prompt_mask"],
+            &g["resp_ids"],
+            &g["resp_mask"],
+            entropy,
+        )
+        .unwrap()
 }
