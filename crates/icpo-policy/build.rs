@@ -1,5 +1,66 @@
-//! Links libtorch for this crate's tests, examples and binaries (see icpo-build).
+//! Links libtorch for this crate's tests, examples and binaries (see icpo-build), and compiles
+//! the fused CPU kernels of `csrc/fused.cpp` against libtorch's headers (cfg `icpo_fused`; without
+//! libtorch, as with the `doc-only` feature, the crate uses libtorch's composite ops instead).
+
+use std::path::Path;
 
 fn main() {
     icpo_build::link_libtorch();
+    println!("cargo::rustc-check-cfg=cfg(icpo_fused)");
+    println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
+    let root = Path::new(&lib).parent().unwrap_or(Path::new(&lib)).to_path_buf();
+    let include = root.join("include");
+    if !include.join("ATen").join("ATen.h").exists() {
+        println!(
+            "cargo:warning=no ATen headers under {}: fused kernels not built",
+            include.display()
+        );
+        return;
+    }
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
+    // The row kernels: once for the baseline, and on x86-64 once more with AVX2/FMA, picked at
+    // run time (csrc/fused.cpp), so a binary runs on any CPU and is fast on recent ones.
+    let mut variants = vec![("icpo_base", vec![])];
+    if x86_64 {
+        variants.push(("icpo_avx2", vec!["-mavx2", "-mfma"]));
+    }
+    for (ns, flags) in &variants {
+        let mut build = cc::Build::new();
+        build
+            .cpp(true)
+            .file("csrc/kernels.cpp")
+            .flag("-std=c++17")
+            .flag("-fopenmp-simd")
+            .flag("-fno-math-errno")
+            .flag("-fno-trapping-math")
+            .define("ICPO_NS", *ns)
+            .opt_level(3)
+            .warnings(false);
+        for f in flags {
+            build.flag(f);
+        }
+        build.compile(&format!("{ns}_kernels"));
+    }
+    println!("cargo:rerun-if-changed=csrc/kernels.cpp");
+    println!("cargo:rerun-if-changed=csrc/kernels.h");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("csrc/fused.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .opt_level(2)
+        .warnings(false);
+    if x86_64 {
+        build.define("ICPO_HAVE_AVX2", None);
+    }
+    build.compile("icpo_fused");
+    println!("cargo:rustc-cfg=icpo_fused");
 }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::rope;
+use crate::fused;
 
 /// A layer's weights, as the checkpoint stores them (`(out, in)` matrices).
 pub(crate) struct Layer {
@@ -68,15 +68,17 @@ fn matmul(x: &Tensor, w_t: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
     })
 }
 
-/// Concatenated biases when any exists (zeros standing in for the missing ones).
-fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)]) -> Result<Option<Tensor>> {
+/// Concatenated biases when any exists (zeros standing in for the missing ones); differentiable
+/// unless `detach`.
+fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)], detach: bool) -> Result<Option<Tensor>> {
     if parts.iter().all(|(b, _)| b.is_none()) {
         return Ok(None);
     }
     let mut all = Vec::with_capacity(parts.len());
     for (b, w) in parts {
         all.push(match b {
-            Some(b) => b.f_detach()?,
+            Some(b) if detach => b.f_detach()?,
+            Some(b) => b.shallow_clone(),
             None => Tensor::f_zeros([w.size()[0]], (w.kind(), w.device()))?,
         });
     }
@@ -147,14 +149,16 @@ impl Layer {
     pub(crate) fn pack(&mut self) -> Result<()> {
         self.packed = Some(Packed {
             qkv: fused_t(&[&self.q, &self.k, &self.v])?,
-            qkv_bias: fused_bias(&[
-                (&self.q_bias, &self.q),
-                (&self.k_bias, &self.k),
-                (&self.v_bias, &self.v),
-            ])?,
+            qkv_bias: fused_bias(
+                &[(&self.q_bias, &self.q), (&self.k_bias, &self.k), (&self.v_bias, &self.v)],
+                true,
+            )?,
             o: fused_t(&[&self.o])?,
             gate_up: fused_t(&[&self.gate, &self.up])?,
-            gate_up_bias: fused_bias(&[(&self.gate_bias, &self.gate), (&self.up_bias, &self.up)])?,
+            gate_up_bias: fused_bias(
+                &[(&self.gate_bias, &self.gate), (&self.up_bias, &self.up)],
+                true,
+            )?,
             down: fused_t(&[&self.down])?,
             qk_norm: match (&self.q_norm, &self.k_norm) {
                 (Some(qn), Some(kn)) => {
@@ -190,10 +194,10 @@ impl Layer {
             let y = matmul(h, &p.qkv, &p.qkv_bias)?;
             let qk = y.f_narrow(-1, 0, (nh + nkv) * hd)?.f_view([b, t, nh + nkv, hd])?;
             let qk = match &p.qk_norm {
-                Some(w) => rms_normalize(&qk, eps)?.f_mul(w)?,
+                Some(w) => fused::rms_norm(&qk, None, eps)?.f_mul(w)?,
                 None => qk,
             };
-            let qk = rope::apply(&qk.f_transpose(1, 2)?, cos, sin)?;
+            let qk = fused::rope(&qk, cos, sin)?.f_transpose(1, 2)?;
             let v = y.f_narrow(-1, (nh + nkv) * hd, nkv * hd)?.f_view([b, t, nkv, hd])?;
             return Ok((qk.f_narrow(1, 0, nh)?, qk.f_narrow(1, nh, nkv)?, v.f_transpose(1, 2)?));
         }
@@ -201,11 +205,11 @@ impl Layer {
         let mut k = linear(h, &self.k, &self.k_bias)?.f_view([b, t, nkv, hd])?;
         let v = linear(h, &self.v, &self.v_bias)?.f_view([b, t, nkv, hd])?.f_transpose(1, 2)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = rms_norm(&q, qn, eps)?;
-            k = rms_norm(&k, kn, eps)?;
+            q = fused::rms_norm(&q, Some(qn), eps)?;
+            k = fused::rms_norm(&k, Some(kn), eps)?;
         }
-        let q = rope::apply(&q.f_transpose(1, 2)?, cos, sin)?;
-        let k = rope::apply(&k.f_transpose(1, 2)?, cos, sin)?;
+        let q = fused::rope(&q, cos, sin)?.f_transpose(1, 2)?;
+        let k = fused::rope(&k, cos, sin)?.f_transpose(1, 2)?;
         Ok((q, k, v))
     }
 
@@ -217,42 +221,20 @@ impl Layer {
         }
     }
 
-    /// The gated MLP: `down(silu(gate(h)) · up(h))`.
+    /// The gated MLP: `down(silu(gate(h)) · up(h))`, gate and up as one product.
     pub(crate) fn mlp(&self, h: &Tensor) -> Result<Tensor> {
         match &self.packed {
             Some(p) => {
-                let i = self.gate.size()[0];
-                let y = matmul(h, &p.gate_up, &p.gate_up_bias)?;
-                let act = y.f_narrow(-1, 0, i)?.f_silu()?.f_mul(&y.f_narrow(-1, i, i)?)?;
+                let act = fused::swiglu(&matmul(h, &p.gate_up, &p.gate_up_bias)?)?;
                 matmul(&act, &p.down, &self.down_bias)
             }
             None => {
-                let gate = linear(h, &self.gate, &self.gate_bias)?.f_silu()?;
-                let up = linear(h, &self.up, &self.up_bias)?;
-                linear(&gate.f_mul(&up)?, &self.down, &self.down_bias)
+                let w = Tensor::f_cat(&[&self.gate, &self.up], 0)?;
+                let b =
+                    fused_bias(&[(&self.gate_bias, &self.gate), (&self.up_bias, &self.up)], false)?;
+                let act = fused::swiglu(&linear(h, &w, &b)?)?;
+                linear(&act, &self.down, &self.down_bias)
             }
         }
     }
-}
-
-/// RMSNorm as transformers computes it: in f32, cast back, then scaled by the weight.
-pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.kind() == Kind::Float {
-        // Same maths in one op.
-        let dim = *x.size().last().unwrap_or(&1);
-        return Ok(x.f_rms_norm(&[dim][..], Some(weight), eps)?);
-    }
-    Ok(rms_normalize(x, eps)?.f_mul(weight)?)
-}
-
-/// RMSNorm over the last dimension without the weight: in f32, cast back to `x`'s dtype.
-fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let kind = x.kind();
-    if kind == Kind::Float {
-        let dim = *x.size().last().unwrap_or(&1);
-        return Ok(x.f_rms_norm(&[dim][..], None::<&Tensor>, eps)?);
-    }
-    let xf = x.f_to_kind(Kind::Float)?;
-    let var = xf.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
-    Ok(xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?.f_to_kind(kind)?)
 }

@@ -10,7 +10,8 @@ use crate::attention::{attend, attention_mask_4d, single_query_mask};
 use crate::cache::KvCache;
 use crate::config::{Architecture, DType, ModelConfig};
 use crate::error::{write_atomic, PolicyError, Result};
-use crate::layer::{rms_norm, Heads, Layer};
+use crate::fused::rms_norm;
+use crate::layer::{Heads, Layer};
 use crate::{rope, weights};
 
 /// Where and in which dtype to put a model.
@@ -411,7 +412,7 @@ impl CausalLm {
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let kind = self.compute.kind();
-        let (cos, sin) = rope::cos_sin(&self.inv_freq, positions, kind)?;
+        let (cos, sin) = rope::cos_sin(&self.inv_freq, positions)?;
         // Mixed precision: products use differentiable casts of the weights.
         let cast: Vec<Layer>;
         let layers = if self.compute == self.dtype {
@@ -432,7 +433,7 @@ impl CausalLm {
         };
         for (li, layer) in layers.iter().enumerate() {
             // Attention block.
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            let h = rms_norm(&x, Some(&layer.input_norm), eps)?;
             let (q, k, v) = layer.attention_inputs(&h, heads, eps, &cos, &sin)?;
             if let Some(out) = kv_out.as_mut() {
                 out.push((k.shallow_clone(), v.shallow_clone()));
@@ -462,10 +463,10 @@ impl CausalLm {
             let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
             x = x.f_add(&layer.out_proj(&attn)?)?;
             // MLP block.
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            let h = rms_norm(&x, Some(&layer.post_norm), eps)?;
             x = x.f_add(&layer.mlp(&h)?)?;
         }
-        rms_norm(&x, &self.norm.f_to_kind(kind)?, eps)
+        rms_norm(&x, Some(&self.norm), eps)
     }
 }
 

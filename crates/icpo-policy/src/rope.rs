@@ -46,23 +46,11 @@ pub(crate) fn inv_freq(config: &ModelConfig, device: Device) -> Result<Tensor> {
     }
 }
 
-/// `cos` and `sin` of shape `(batch, 1, seq, head_dim)` for integer `positions (batch, seq)`.
-pub(crate) fn cos_sin(
-    inv_freq: &Tensor,
-    positions: &Tensor,
-    kind: Kind,
-) -> Result<(Tensor, Tensor)> {
+/// `cos` and `sin` of shape `(batch, seq, head_dim)` in f32 for integer `positions (batch, seq)`
+/// (applied by `fused::rope`).
+pub(crate) fn cos_sin(inv_freq: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor)> {
     let freqs =
         positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&inv_freq.f_view([1, 1, -1])?)?;
-    let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?;
-    Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
-}
-
-/// Applies the rotation to `x (batch, heads, seq, head_dim)`.
-pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.size()[3] / 2;
-    let x1 = x.f_narrow(-1, 0, half)?;
-    let x2 = x.f_narrow(-1, half, half)?;
-    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
-    Ok(x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)?)
+    let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+    Ok((emb.f_cos()?, emb.f_sin()?))
 }

@@ -1,0 +1,279 @@
+// Fused CPU ops with their own backward: RMSNorm, SwiGLU and rotary embeddings.
+//
+// libtorch composes each of these from 4-12 elementwise ops forward and as many backward, every
+// one a pass over a cold (batch, seq, width) tensor; on a CPU those passes cost about as much as
+// the matrix products of a small model's training step. Here each is one pass forward and one
+// backward (the row kernels of kernels.cpp), computing in f32 and rounding once to the input
+// dtype (float32 or bfloat16).
+//
+// C interface for icpo-policy's src/fused.rs: tensors are `at::Tensor*` (tch's C_tensor); a
+// function returns nullptr on success and sets `*out` to a new tensor the caller owns, or returns
+// an error message the caller frees with `icpo_fused_free_error`. No exception crosses it.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+// The AVX2 build of the kernels where the CPU has AVX2 and FMA (and it was compiled).
+bool use_avx2() {
+#if defined(ICPO_HAVE_AVX2)
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+#if defined(ICPO_HAVE_AVX2)
+#define ICPO_KERNEL(name, T, ...)                                                         \
+  (use_avx2() ? icpo_avx2::name<T>(__VA_ARGS__) : icpo_base::name<T>(__VA_ARGS__))
+#else
+#define ICPO_KERNEL(name, T, ...) icpo_base::name<T>(__VA_ARGS__)
+#endif
+
+// Runs body<T>() with T = float or uint16_t (bfloat16 bits) for the tensor's dtype.
+template <typename F>
+void dispatch(const Tensor& t, F body) {
+  if (t.scalar_type() == at::kFloat) {
+    body(float{});
+  } else {
+    body(uint16_t{});
+  }
+}
+
+template <typename T>
+const T* in(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+
+template <typename T>
+T* out(Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
+}
+
+// Rows handed to one task: enough work to amortise a task's start.
+int64_t grain(int64_t width) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
+}
+
+int64_t rows_of(const Tensor& t) {
+  int64_t d = t.size(-1);
+  return d == 0 ? 0 : t.numel() / d;
+}
+
+// RMSNorm over the last dimension, as transformers computes it (see kernels.h).
+struct RmsNorm : public torch::autograd::Function<RmsNorm> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x_in, const Tensor& w_in, double eps) {
+    Tensor x = x_in.contiguous(), w = w_in.contiguous();
+    int64_t d = x.size(-1), rows = rows_of(x);
+    Tensor y = at::empty(x.sizes(), x.options());
+    Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+    dispatch(x, [&](auto tag) {
+      using T = decltype(tag);
+      at::parallel_for(0, rows, grain(d), [&](int64_t b, int64_t e) {
+        ICPO_KERNEL(rms_forward, T, in<T>(x), in<T>(w), out<T>(y), rstd.data_ptr<float>(), b, e,
+                    d, static_cast<float>(eps));
+      });
+    });
+    ctx->save_for_backward({x, w, rstd});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Tensor x = saved[0], w = saved[1], rstd = saved[2];
+    Tensor dy = grads[0].to(x.scalar_type()).contiguous();
+    int64_t d = x.size(-1), rows = rows_of(x);
+    Tensor dx = at::empty(x.sizes(), x.options());
+    bool need_dw = ctx->needs_input_grad(1);
+    // Per-task partial sums of the weight's gradient, added up after the loop.
+    int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads() * 4, rows));
+    int64_t per = (rows + tasks - 1) / tasks;
+    std::vector<float> partial(need_dw ? static_cast<size_t>(tasks * d) : 0, 0.f);
+    dispatch(x, [&](auto tag) {
+      using T = decltype(tag);
+      at::parallel_for(0, tasks, 1, [&](int64_t tb, int64_t te) {
+        for (int64_t task = tb; task < te; ++task) {
+          int64_t b = std::min(rows, task * per), e = std::min(rows, (task + 1) * per);
+          float* acc = need_dw ? partial.data() + task * d : nullptr;
+          ICPO_KERNEL(rms_backward, T, in<T>(x), in<T>(w), in<T>(dy), rstd.const_data_ptr<float>(),
+                      out<T>(dx), acc, b, e, d);
+        }
+      });
+    });
+    Tensor dw;
+    if (need_dw) {
+      Tensor sum = at::zeros({d}, x.options().dtype(at::kFloat));
+      float* s = sum.data_ptr<float>();
+      for (int64_t task = 0; task < tasks; ++task)
+        for (int64_t i = 0; i < d; ++i) s[i] += partial[task * d + i];
+      dw = sum.to(w.scalar_type()).view(w.sizes());
+    }
+    return {dx, dw, Tensor()};
+  }
+};
+
+// silu(gate) * up of a fused projection [gate | up] (see kernels.h).
+struct SwiGlu : public torch::autograd::Function<SwiGlu> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& y_in) {
+    Tensor y = y_in.contiguous();
+    int64_t i = y.size(-1) / 2, rows = rows_of(y);
+    auto sizes = y.sizes().vec();
+    sizes.back() = i;
+    Tensor o = at::empty(sizes, y.options());
+    dispatch(y, [&](auto tag) {
+      using T = decltype(tag);
+      at::parallel_for(0, rows, grain(2 * i), [&](int64_t b, int64_t e) {
+        ICPO_KERNEL(swiglu_forward, T, in<T>(y), out<T>(o), b, e, i);
+      });
+    });
+    ctx->save_for_backward({y});
+    return o;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor y = ctx->get_saved_variables()[0];
+    Tensor dout = grads[0].to(y.scalar_type()).contiguous();
+    int64_t i = y.size(-1) / 2, rows = rows_of(y);
+    Tensor dy = at::empty(y.sizes(), y.options());
+    dispatch(y, [&](auto tag) {
+      using T = decltype(tag);
+      at::parallel_for(0, rows, grain(2 * i), [&](int64_t b, int64_t e) {
+        ICPO_KERNEL(swiglu_backward, T, in<T>(y), in<T>(dout), out<T>(dy), b, e, i);
+      });
+    });
+    return {dy};
+  }
+};
+
+Tensor rope_apply(const Tensor& x, const Tensor& cos, const Tensor& sin, bool backward) {
+  Tensor o = at::empty(x.sizes(), x.options());
+  int64_t heads = x.size(2), dim = x.size(3), rows = x.size(0) * x.size(1) * heads;
+  dispatch(x, [&](auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, rows, grain(dim), [&](int64_t b, int64_t e) {
+      ICPO_KERNEL(rope, T, in<T>(x), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(),
+                  out<T>(o), b, e, heads, dim, backward);
+    });
+  });
+  return o;
+}
+
+// Rotary embedding of x (batch, seq, heads, dim) by f32 cos/sin (batch, seq, dim).
+struct Rope : public torch::autograd::Function<Rope> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+    Tensor c = cos.contiguous(), s = sin.contiguous();
+    ctx->save_for_backward({c, s});
+    return rope_apply(x.contiguous(), c, s, false);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Tensor dy = grads[0].contiguous();
+    return {rope_apply(dy, saved[0], saved[1], true), Tensor(), Tensor()};
+  }
+};
+
+void check(bool ok, const std::string& msg) {
+  TORCH_CHECK(ok, msg);
+}
+
+void check_input(const Tensor& t, const char* what) {
+  check(t.defined(), std::string(what) + " is undefined");
+  check(t.device().is_cpu(), std::string(what) + " must be on the CPU");
+  auto k = t.scalar_type();
+  check(k == at::kFloat || k == at::kBFloat16,
+        std::string(what) + " must be float32 or bfloat16, got " + std::string(c10::toString(k)));
+}
+
+char* error_copy(const std::string& msg) {
+  char* p = static_cast<char*>(std::malloc(msg.size() + 1));
+  if (p) std::memcpy(p, msg.c_str(), msg.size() + 1);
+  return p;
+}
+
+template <typename F>
+char* guarded(F f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return error_copy(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return error_copy(e.what());
+  } catch (...) {
+    return error_copy("unknown C++ exception");
+  }
+}
+
+std::string dims(const Tensor& t) {
+  std::string s = "(";
+  for (size_t k = 0; k < t.sizes().size(); ++k) s += (k ? ", " : "") + std::to_string(t.size(k));
+  return s + ")";
+}
+
+}  // namespace
+
+extern "C" {
+
+char* icpo_fused_rms_norm(const Tensor* x, const Tensor* w, double eps, Tensor** out) {
+  return guarded([&] {
+    check_input(*x, "rms_norm: x");
+    check(x->dim() >= 1, "rms_norm: x must have at least one dimension");
+    // Autograd Functions take defined tensors only: no weight is a weight of ones (exact).
+    Tensor weight = at::ones({x->size(-1)}, x->options().requires_grad(false));
+    if (w) {
+      check_input(*w, "rms_norm: weight");
+      check(w->numel() == x->size(-1),
+            "rms_norm: weight " + dims(*w) + " must have x " + dims(*x) + "'s last dimension");
+      check(w->scalar_type() == x->scalar_type(), "rms_norm: weight and x must share a dtype");
+      weight = *w;
+    }
+    *out = new Tensor(RmsNorm::apply(*x, weight, eps));
+  });
+}
+
+char* icpo_fused_swiglu(const Tensor* gate_up, Tensor** out) {
+  return guarded([&] {
+    check_input(*gate_up, "swiglu: gate_up");
+    check(gate_up->dim() >= 1 && gate_up->size(-1) % 2 == 0,
+          "swiglu: gate_up " + dims(*gate_up) + " must have an even last dimension (gate | up)");
+    *out = new Tensor(SwiGlu::apply(*gate_up));
+  });
+}
+
+char* icpo_fused_rope(const Tensor* x, const Tensor* cos, const Tensor* sin, Tensor** out) {
+  return guarded([&] {
+    check_input(*x, "rope: x");
+    check(x->dim() == 4 && x->size(3) % 2 == 0,
+          "rope: x " + dims(*x) + " must be (batch, seq, heads, head_dim) with an even head_dim");
+    for (const Tensor* t : {cos, sin}) {
+      check(t->defined() && t->device().is_cpu() && t->scalar_type() == at::kFloat,
+            "rope: cos and sin must be float32 CPU tensors");
+      check(t->dim() == 3 && t->size(0) == x->size(0) && t->size(1) == x->size(1) &&
+                t->size(2) == x->size(3),
+            "rope: cos/sin " + dims(*t) + " must be (batch, seq, head_dim) of x " + dims(*x));
+    }
+    *out = new Tensor(Rope::apply(*x, *cos, *sin));
+  });
+}
+
+void icpo_fused_free_error(char* err) {
+  std::free(err);
+}
+
+}  // extern "C"
