@@ -8,8 +8,9 @@
 //!     --prompt-len 24 --new-tokens 64 --steps 3 --threads 2 --seed 0
 //! ```
 //! One untimed warm-up step comes first. The last line printed is JSON with `step_seconds`
-//! (one entry a timed step). docs/benchmarks.md has
-//! the side-by-side measurement with TRL's GRPOTrainer (scripts/bench_trl_grpo.py).
+//! (one entry a timed step). `--compute-dtype bfloat16` runs the products in bf16 (f32 weights),
+//! the faster setting on CPUs with AMX. docs/benchmarks.md has the side-by-side measurement
+//! with TRL's GRPOTrainer (scripts/bench_trl_grpo.py, scripts/bench_pairs.py).
 
 #![allow(missing_docs)] // an example, not an API
 

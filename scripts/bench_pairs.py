@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side GRPO step time, icpo-rs vs TRL, in interleaved pairs.
 
-.venv/bin/python scripts/bench_pairs.py --pairs 5 [--trl-args "--bf16 --gradient-checkpointing"]
+.venv/bin/python scripts/bench_pairs.py --pairs 5 [--trl-args="--bf16 --gradient-checkpointing"]
+    [--ours-args="--compute-dtype bfloat16"]   (the = keeps argparse from reading --bf16 as a flag)
 
 This machine's speed drifts by ±30% over minutes, so one run of each side says little: each pair
 runs TRL's GRPOTrainer (scripts/bench_trl_grpo.py) and then `grpo_step_bench` on the same
