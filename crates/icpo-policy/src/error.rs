@@ -74,12 +74,7 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) 
     serde_json::from_str(&text).map_err(|error| PolicyError::Json { path: path.into(), error })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
-/// never leaves a half-written file under the final name.
+/// [`crate::write_atomic`] with the file named in the error.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::atomic::write_atomic(path, bytes).map_err(io_err(path))
 }

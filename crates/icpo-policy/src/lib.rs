@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod atomic;
 mod attention;
 mod cache;
 mod config;
@@ -29,6 +30,7 @@ mod rope;
 mod tokenizer;
 mod weights;
 
+pub use atomic::write_atomic;
 pub use cache::KvCache;
 pub use config::{Architecture, DType, ModelConfig, RopeScaling};
 pub use error::{PolicyError, Result};

@@ -59,11 +59,8 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     move |error| TrainError::Io { path, error }
 }
 
-/// Writes a file atomically: a temporary beside it, then a rename.
+/// [`icpo_policy::write_atomic`] (temporary file, flushed, renamed) with the file named in the
+/// error.
 pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    icpo_policy::write_atomic(path, bytes).map_err(io_err(path))
 }
