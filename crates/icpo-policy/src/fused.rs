@@ -8,6 +8,9 @@
 //! forms round after every op in bf16/f16, so the two agree to the dtype's precision (f32: float
 //! rounding). Both are differentiable in the inputs and the norm weight (not in `cos`/`sin`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
 #[cfg(icpo_fused)]
 use tch::Device;
 use tch::{Kind, Tensor};
@@ -30,10 +33,34 @@ pub(crate) fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<
     composed::rms_norm(x, weight.as_ref(), eps)
 }
 
-/// Whether `t` takes the fused kernels: on the CPU, in f32 or bf16.
+/// The process-wide switch, first read from `ICPO_FUSED_KERNELS` (`0` turns the kernels off).
+fn switch() -> &'static AtomicBool {
+    static SWITCH: OnceLock<AtomicBool> = OnceLock::new();
+    SWITCH.get_or_init(|| {
+        AtomicBool::new(std::env::var("ICPO_FUSED_KERNELS").map_or(true, |v| v.trim() != "0"))
+    })
+}
+
+/// Whether CPU tensors in f32 or bf16 take the fused kernels: true unless they were not built
+/// (the `doc-only` feature), the environment variable `ICPO_FUSED_KERNELS` is `0`, or
+/// [`set_fused_kernels`] turned them off.
+pub fn fused_kernels_enabled() -> bool {
+    cfg!(icpo_fused) && switch().load(Ordering::Relaxed)
+}
+
+/// Turns the fused CPU kernels for RMSNorm, SwiGLU and RoPE on or off for the whole process
+/// (off: libtorch's composed ops, as on a GPU). For comparisons and as an escape hatch; both
+/// compute the same maths, the kernels rounding once instead of after every op.
+pub fn set_fused_kernels(on: bool) {
+    switch().store(on, Ordering::Relaxed);
+}
+
+/// Whether `t` takes the fused kernels: enabled, on the CPU, in f32 or bf16.
 #[cfg(icpo_fused)]
 fn fused(t: &Tensor) -> bool {
-    t.device() == Device::Cpu && matches!(t.kind(), Kind::Float | Kind::BFloat16)
+    t.device() == Device::Cpu
+        && matches!(t.kind(), Kind::Float | Kind::BFloat16)
+        && switch().load(Ordering::Relaxed)
 }
 
 /// `silu(gate) · up` of a fused projection `gate_up (…, 2i)`, gate first; `(…, i)`.

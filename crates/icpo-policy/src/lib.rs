@@ -34,6 +34,7 @@ pub use atomic::write_atomic;
 pub use cache::KvCache;
 pub use config::{Architecture, DType, ModelConfig, RopeScaling};
 pub use error::{PolicyError, Result};
+pub use fused::{fused_kernels_enabled, set_fused_kernels};
 pub use logprobs::{Entropy, TokenLogprobs};
 pub use model::{CausalLm, DeviceOpt, LoadOptions};
 pub use tokenizer::{render_chat_template, ChatMessage, Tokenizer};
