@@ -11,9 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-#[cfg(icpo_fused)]
-use tch::Device;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 
@@ -55,12 +53,16 @@ pub fn set_fused_kernels(on: bool) {
     switch().store(on, Ordering::Relaxed);
 }
 
-/// Whether `t` takes the fused kernels: enabled, on the CPU, in f32 or bf16.
+/// Whether tensors of `kind` on `device` take the fused kernels: enabled, on the CPU, f32 or
+/// bf16.
+fn fused_for(device: Device, kind: Kind) -> bool {
+    device == Device::Cpu && matches!(kind, Kind::Float | Kind::BFloat16) && fused_kernels_enabled()
+}
+
+/// [`fused_for`] `t`'s device and dtype.
 #[cfg(icpo_fused)]
 fn fused(t: &Tensor) -> bool {
-    t.device() == Device::Cpu
-        && matches!(t.kind(), Kind::Float | Kind::BFloat16)
-        && switch().load(Ordering::Relaxed)
+    fused_for(t.device(), t.kind())
 }
 
 /// `silu(gate) · up` of a fused projection `gate_up (…, 2i)`, gate first; `(…, i)`.
@@ -76,14 +78,24 @@ pub(crate) fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
 ///
 /// # Shapes
 /// - `x`: `(batch, seq, heads, head_dim)`
-/// - `cos`, `sin`: `(batch, seq, head_dim)` f32 (see `rope::cos_sin`)
+/// - `cos`, `sin`: `(batch, seq, head_dim)`, f32 or `x`'s dtype (see [`rope_tables`])
 /// - returns `x`'s shape and dtype
 pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     #[cfg(icpo_fused)]
-    if fused(x) {
+    if fused(x) && cos.kind() == Kind::Float && sin.kind() == Kind::Float {
         return ffi::rope(x, cos, sin);
     }
     composed::rope(x, cos, sin)
+}
+
+/// The f32 `cos`/`sin` tables in the dtype [`rope`] takes for `kind` tensors on their device:
+/// f32 for the kernels, `kind` for the composed form, so that a forward casts them once rather
+/// than at every layer.
+pub(crate) fn rope_tables(cos: Tensor, sin: Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
+    if fused_for(cos.device(), kind) {
+        return Ok((cos, sin));
+    }
+    Ok((cos.f_to_kind(kind)?, sin.f_to_kind(kind)?))
 }
 
 /// The composed forms: the reference the kernels are tested against, and the path off the CPU.
@@ -311,7 +323,7 @@ mod tests {
         let x = randn(&[2, 6, 3, 16], Kind::Float, 4);
         let pos = Tensor::arange(6, (Kind::Int64, tch::Device::Cpu)).view([1, 6]).repeat([2, 1]);
         let inv = Tensor::from_slice(&[1.0f32, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003]);
-        let (cos, sin) = crate::rope::cos_sin(&inv, &(pos + 5)).unwrap();
+        let (cos, sin) = crate::rope::cos_sin(&inv, &(pos + 5), Kind::Float).unwrap();
         let (c64, s64) = (cos.to_kind(Kind::Double), sin.to_kind(Kind::Double));
         check(
             &|t| rope(&t[0], &cos, &sin).unwrap(),

@@ -412,7 +412,7 @@ impl CausalLm {
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let kind = self.compute.kind();
-        let (cos, sin) = rope::cos_sin(&self.inv_freq, positions)?;
+        let (cos, sin) = rope::cos_sin(&self.inv_freq, positions, kind)?;
         // Mixed precision: products use differentiable casts of the weights.
         let cast: Vec<Layer>;
         let layers = if self.compute == self.dtype {

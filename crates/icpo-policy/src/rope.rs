@@ -4,6 +4,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::Result;
+use crate::fused;
 
 /// Inverse frequencies `(head_dim / 2,)` in f32, after the config's scaling.
 pub(crate) fn inv_freq(config: &ModelConfig, device: Device) -> Result<Tensor> {
@@ -46,11 +47,15 @@ pub(crate) fn inv_freq(config: &ModelConfig, device: Device) -> Result<Tensor> {
     }
 }
 
-/// `cos` and `sin` of shape `(batch, seq, head_dim)` in f32 for integer `positions (batch, seq)`
-/// (applied by `fused::rope`).
-pub(crate) fn cos_sin(inv_freq: &Tensor, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+/// `cos` and `sin` of shape `(batch, seq, head_dim)` for integer `positions (batch, seq)`,
+/// computed in f32 and kept in the dtype `fused::rope` takes for `kind` activations.
+pub(crate) fn cos_sin(
+    inv_freq: &Tensor,
+    positions: &Tensor,
+    kind: Kind,
+) -> Result<(Tensor, Tensor)> {
     let freqs =
         positions.f_to_kind(Kind::Float)?.f_unsqueeze(-1)?.f_mul(&inv_freq.f_view([1, 1, -1])?)?;
     let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
-    Ok((emb.f_cos()?, emb.f_sin()?))
+    fused::rope_tables(emb.f_cos()?, emb.f_sin()?, kind)
 }
