@@ -16,32 +16,20 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use icpo::policy::{CausalLm, DType, LoadOptions, Tokenizer};
+use icpo::policy::Tokenizer;
 use icpo::train::{Scorer, TrainConfig, Trainer};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+
+mod bench;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 8)]
-    prompts: usize,
-    #[arg(long, default_value_t = 8)]
-    samples: usize,
-    #[arg(long, default_value_t = 24)]
-    prompt_len: usize,
+    #[command(flatten)]
+    workload: bench::Workload,
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    #[arg(long, default_value_t = 2)]
-    threads: i32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Dtype of products: float32 (default, as the side-by-side runs) or bfloat16 (mixed
-    /// precision: f32 weights, bf16 products).
-    #[arg(long, default_value = "float32")]
-    compute_dtype: String,
     /// Decoding streams (0: the engine's default, one per thread on a CPU).
     #[arg(long, default_value_t = 0)]
     streams: usize,
@@ -49,11 +37,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    tch::set_num_threads(a.threads);
+    let w = &a.workload;
     let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{}/config.json", a.model))?)?;
+        serde_json::from_str(&std::fs::read_to_string(format!("{}/config.json", w.model))?)?;
     let gen: serde_json::Value =
-        std::fs::read_to_string(format!("{}/generation_config.json", a.model))
+        std::fs::read_to_string(format!("{}/generation_config.json", w.model))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(serde_json::Value::Null);
@@ -64,24 +52,21 @@ fn main() -> Result<()> {
     let cfg = TrainConfig::load(
         None,
         &[
-            format!("model.path=\"{}\"", a.model),
+            format!("model.path=\"{}\"", w.model),
             "data.train_path=\"(random ids)\"".into(),
             "algorithm.ief=false".into(),
             "loss.kl_coef=0.0".into(),
-            format!("rollout.group_size={}", a.samples),
+            format!("rollout.group_size={}", w.samples),
             format!("rollout.max_new_tokens={}", a.new_tokens),
-            format!("trainer.batch_prompts={}", a.prompts),
-            format!("optim.mini_batch_prompts={}", a.prompts),
-            format!("optim.micro_batch_size={}", a.prompts * a.samples),
-            format!("trainer.seed={}", a.seed),
-            format!("model.compute_dtype=\"{}\"", a.compute_dtype),
+            format!("trainer.batch_prompts={}", w.prompts),
+            format!("optim.mini_batch_prompts={}", w.prompts),
+            format!("optim.micro_batch_size={}", w.prompts * w.samples),
+            format!("trainer.seed={}", w.seed),
+            format!("model.compute_dtype=\"{}\"", w.compute_dtype),
             format!("rollout.decode_streams={}", a.streams),
         ],
     )?;
-    let compute = DType::from_hf_name(&a.compute_dtype)
-        .map_err(|e| anyhow::anyhow!("--compute-dtype: {e}"))?;
-    let options = LoadOptions { compute_dtype: Some(compute), ..Default::default() };
-    let policy = CausalLm::load(&a.model, options)?;
+    let policy = w.load_policy()?;
     let vocab = policy.config().vocab_size;
     // The trainer keeps a tokenizer for text prompts; this benchmark feeds ids and never decodes.
     let tokenizer =
@@ -89,14 +74,12 @@ fn main() -> Result<()> {
     let parity = Scorer::Tokens(Box::new(|_: &str, tokens: &[i64]| (tokens.len() % 2) as f64));
     let mut trainer = Trainer::new(cfg, policy, None, tokenizer, Vec::new(), None, parity)?;
     trainer.eos_token_ids = vec![eos];
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w.seed);
     let mut seconds = Vec::new();
     // One untimed warm-up step first, as scripts/bench_trl_grpo.py does for TRL.
     for step in 0..=a.steps {
-        let prompts: Vec<Vec<i64>> = (0..a.prompts)
-            .map(|_| (0..a.prompt_len).map(|_| rng.gen_range(0..vocab)).collect())
-            .collect();
-        let answers = vec![String::new(); a.prompts];
+        let prompts = w.random_prompts(vocab, &mut rng);
+        let answers = vec![String::new(); w.prompts];
         let m = trainer.train_step_on(&answers, &prompts, &[])?;
         eprintln!(
             "step {step}: {:.3} s (generation {:.3}, scoring {:.3}, training {:.3}); mean length {:.1}",
@@ -108,7 +91,7 @@ fn main() -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"bench": "grpo_step", "prompts": a.prompts, "samples": a.samples, "new_tokens": a.new_tokens, "threads": a.threads, "compute_dtype": a.compute_dtype, "step_seconds": seconds})
+        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds})
     );
     Ok(())
 }

@@ -14,21 +14,16 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use icpo::policy::{CausalLm, DType, LoadOptions, Tokenizer};
+use icpo::policy::Tokenizer;
 use icpo::rollout::{generate, EngineConfig, Request, SamplingParams};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+
+mod bench;
 
 #[derive(Parser)]
 struct Args {
-    /// Checkpoint directory.
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 8)]
-    prompts: usize,
-    #[arg(long, default_value_t = 8)]
-    samples: usize,
-    #[arg(long, default_value_t = 24)]
-    prompt_len: usize,
+    #[command(flatten)]
+    workload: bench::Workload,
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
     #[arg(long, default_value_t = 1.0)]
@@ -36,14 +31,6 @@ struct Args {
     /// Generate exactly --new-tokens per sample.
     #[arg(long)]
     ignore_eos: bool,
-    #[arg(long, default_value_t = 2)]
-    threads: i32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Dtype of products: float32 (default, as the side-by-side runs) or bfloat16 (mixed
-    /// precision: f32 weights, bf16 products).
-    #[arg(long, default_value = "float32")]
-    compute_dtype: String,
     /// Timed repetitions (after one warm-up); the best is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -54,18 +41,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tch::set_num_threads(args.threads);
-    let compute = DType::from_hf_name(&args.compute_dtype)
-        .map_err(|e| anyhow::anyhow!("--compute-dtype: {e}"))?;
-    let options = LoadOptions { compute_dtype: Some(compute), ..Default::default() };
-    let model = CausalLm::load(&args.model, options)?;
-    let eos =
-        Tokenizer::from_dir(&args.model).map(|t| t.eos_token_ids().to_vec()).unwrap_or_default();
-    let vocab = model.config().vocab_size;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let prompts: Vec<Vec<i64>> = (0..args.prompts)
-        .map(|_| (0..args.prompt_len).map(|_| rng.gen_range(0..vocab)).collect())
-        .collect();
+    let w = &args.workload;
+    let model = w.load_policy()?;
+    let eos = Tokenizer::from_dir(&w.model).map(|t| t.eos_token_ids().to_vec()).unwrap_or_default();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w.seed);
+    let prompts = w.random_prompts(model.config().vocab_size, &mut rng);
     let params = SamplingParams {
         temperature: args.temperature,
         max_new_tokens: args.new_tokens,
@@ -74,10 +54,10 @@ fn main() -> Result<()> {
     };
     let request = Request {
         prompts: &prompts,
-        n: args.samples,
+        n: w.samples,
         params: &params,
         eos_token_ids: &eos,
-        seed: args.seed,
+        seed: w.seed,
     };
     let config = EngineConfig { streams: args.streams, ..Default::default() };
     let mut best = f64::INFINITY;
@@ -95,8 +75,8 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "bench": "rollout", "prompts": args.prompts, "samples": args.samples, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "threads": args.threads, "compute_dtype": args.compute_dtype,
+            "bench": "rollout", "prompts": w.prompts, "samples": w.samples, "prompt_len": w.prompt_len,
+            "new_tokens": args.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype,
             "generated_tokens": tokens,
             "seconds": best, "tokens_per_s": tokens as f64 / best
         })

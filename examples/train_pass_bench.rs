@@ -17,30 +17,21 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use icpo::policy::{set_fused_kernels, CausalLm, DType, Entropy, LoadOptions};
-use tch::{Device, Kind, Tensor};
+use icpo::policy::{set_fused_kernels, Entropy};
+use rand::SeedableRng;
+use tch::{Kind, Tensor};
+
+mod bench;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 8)]
-    prompts: i64,
-    #[arg(long, default_value_t = 8)]
-    samples: i64,
-    #[arg(long, default_value_t = 24)]
-    prompt_len: i64,
+    #[command(flatten)]
+    workload: bench::Workload,
     #[arg(long, default_value_t = 64)]
-    response_len: i64,
-    #[arg(long, default_value_t = 2)]
-    threads: i32,
+    response_len: usize,
     /// Timed passes per setting (after one untimed pass each).
     #[arg(long, default_value_t = 16)]
     repeats: usize,
-    #[arg(long, default_value = "float32")]
-    compute_dtype: String,
-    #[arg(long, default_value_t = 0)]
-    seed: i64,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -50,21 +41,21 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    tch::set_num_threads(a.threads);
-    let compute = DType::from_hf_name(&a.compute_dtype)
-        .map_err(|e| anyhow::anyhow!("--compute-dtype: {e}"))?;
-    let opts = LoadOptions { compute_dtype: Some(compute), ..LoadOptions::default() };
-    let model = CausalLm::load(&a.model, opts)?;
+    let w = &a.workload;
+    let model = w.load_policy()?;
     let vocab = model.config().vocab_size;
-    let rows = a.prompts * a.samples;
-    tch::manual_seed(a.seed);
-    let cpu = (Kind::Int64, Device::Cpu);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w.seed);
     // A group's rows share their prompt, as in the trainer.
-    let prompts = Tensor::randint(vocab, [a.prompts, a.prompt_len], cpu)
-        .repeat_interleave_self_int(a.samples, 0, None);
-    let prompt_mask = Tensor::ones([rows, a.prompt_len], cpu);
-    let responses = Tensor::randint(vocab, [rows, a.response_len], cpu);
-    let response_mask = Tensor::ones([rows, a.response_len], cpu);
+    let prompts = Tensor::from_slice2(&w.random_prompts(vocab, &mut rng))
+        .repeat_interleave_self_int(w.samples as i64, 0, None);
+    let responses = Tensor::from_slice2(&bench::random_ids(
+        w.prompts * w.samples,
+        a.response_len,
+        vocab,
+        &mut rng,
+    ));
+    let prompt_mask = prompts.ones_like();
+    let response_mask = responses.ones_like();
     let mut seconds = [Vec::new(), Vec::new()];
     // Setting 0: kernels on; 1: off. Alternating, one untimed pass of each first.
     for i in 0..2 * (a.repeats + 1) {
@@ -90,11 +81,11 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "bench": "train_pass",
-            "compute_dtype": a.compute_dtype,
-            "rows": rows,
-            "prompt_len": a.prompt_len,
+            "compute_dtype": w.compute_dtype,
+            "rows": w.prompts * w.samples,
+            "prompt_len": w.prompt_len,
             "response_len": a.response_len,
-            "threads": a.threads,
+            "threads": w.threads,
             "fused_s": seconds[0],
             "composed_s": seconds[1],
             "fused_median_s": on,
