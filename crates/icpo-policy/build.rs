@@ -1,13 +1,15 @@
 //! Links libtorch for this crate's tests, examples and binaries (see icpo-build), and compiles
 //! the fused CPU kernels of `csrc/fused.cpp` against libtorch's headers (cfg `icpo_fused`; without
-//! libtorch, as with the `doc-only` feature, the crate uses libtorch's composite ops instead).
+//! libtorch, as with the `doc-only` feature, the crate uses libtorch's composed ops instead).
 
 use std::path::Path;
 
 fn main() {
     icpo_build::link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(icpo_fused)");
-    println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    for file in ["csrc/fused.cpp", "csrc/kernels.cpp", "csrc/kernels.h"] {
+        println!("cargo:rerun-if-changed={file}");
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -46,8 +48,6 @@ fn main() {
         }
         build.compile(&format!("{ns}_kernels"));
     }
-    println!("cargo:rerun-if-changed=csrc/kernels.cpp");
-    println!("cargo:rerun-if-changed=csrc/kernels.h");
     let mut build = cc::Build::new();
     build
         .cpp(true)
