@@ -242,31 +242,46 @@ fn matrix_value(e: &Expr) -> Option<Vec<Vec<Expr>>> {
             }
             Some(out)
         }
-        Expr::Mul(xs) if xs.len() == 2 => {
-            let (a, b) = (matrix_value(&xs[0])?, matrix_value(&xs[1])?);
-            let inner = b.len();
-            if a.iter().any(|r| r.len() != inner) {
-                return None;
+        Expr::Mul(xs) if xs.len() >= 2 => {
+            let mut acc = matrix_value(&xs[0])?;
+            for x in &xs[1..] {
+                acc = matrix_product(&acc, &matrix_value(x)?)?;
+                // Entries of a product chain grow geometrically as expressions.
+                if !acc.iter().flatten().all(|e| e.nodes_within(MAX_ENTRY_NODES)) {
+                    return None;
+                }
             }
-            let cols = b.first()?.len();
-            Some(
-                a.iter()
-                    .map(|row| {
-                        (0..cols)
-                            .map(|c| {
-                                Expr::Add(
-                                    (0..inner)
-                                        .map(|k| Expr::Mul(vec![row[k].clone(), b[k][c].clone()]))
-                                        .collect(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .collect(),
-            )
+            Some(acc)
         }
         _ => None,
     }
+}
+
+/// Largest entry of a computed matrix (a sum or product of matrices), in expression nodes.
+const MAX_ENTRY_NODES: usize = 2_000;
+
+/// `a · b` of two matrices, entries as expressions; `None` when the shapes do not chain.
+fn matrix_product(a: &[Vec<Expr>], b: &[Vec<Expr>]) -> Option<Vec<Vec<Expr>>> {
+    let inner = b.len();
+    if a.iter().any(|r| r.len() != inner) {
+        return None;
+    }
+    let cols = b.first()?.len();
+    Some(
+        a.iter()
+            .map(|row| {
+                (0..cols)
+                    .map(|c| {
+                        Expr::Add(
+                            (0..inner)
+                                .map(|k| Expr::Mul(vec![row[k].clone(), b[k][c].clone()]))
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
 }
 
 /// Are `gold` and `pred` (both already canonical) the same answer?

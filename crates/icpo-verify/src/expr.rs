@@ -75,6 +75,24 @@ const MAX_EXACT_EXP: i64 = 2048;
 /// Largest magnitude (in bits) of an exact intermediate result.
 const MAX_BITS: u64 = 20_000;
 
+/// Big-number work allowed for one exact value, in units of (64-bit words)² (a gcd of two
+/// n-word numbers costs about n² of them): chains of thousands of large factors give up
+/// instead of reducing thousands of large fractions.
+const EXACT_WORK: u64 = 400_000;
+
+/// What remains of [`EXACT_WORK`].
+struct ExactWork(u64);
+
+impl ExactWork {
+    /// Charges an operation on `a` and `b`; `None` once the work is spent.
+    fn charge(&mut self, a: &BigRational, b: &BigRational) -> Option<()> {
+        let words = |r: &BigRational| (r.numer().bits() + r.denom().bits()) / 64 + 1;
+        let n = words(a).max(words(b));
+        self.0 = self.0.checked_sub(n * n)?;
+        Some(())
+    }
+}
+
 fn small(r: &BigRational) -> bool {
     r.numer().bits() <= MAX_BITS && r.denom().bits() <= MAX_BITS
 }
@@ -85,39 +103,87 @@ impl Expr {
         Expr::Num(BigRational::from_integer(BigInt::from(n)), None)
     }
 
-    /// Exact rational value, when the expression is built from rationals only.
+    /// Whether the tree has at most `limit` nodes (counted without recursion, stopping early).
+    pub fn nodes_within(&self, limit: usize) -> bool {
+        let mut stack = vec![self];
+        let mut seen = 0usize;
+        while let Some(e) = stack.pop() {
+            seen += 1;
+            if seen > limit {
+                return false;
+            }
+            match e {
+                Expr::Add(xs)
+                | Expr::Mul(xs)
+                | Expr::Tuple(xs)
+                | Expr::List(xs)
+                | Expr::Set(xs)
+                | Expr::Union(xs)
+                | Expr::Func(_, xs)
+                | Expr::Rel(xs, _) => stack.extend(xs),
+                Expr::Neg(x) | Expr::Factorial(x) | Expr::Abs(x) => stack.push(x),
+                Expr::Div(a, b)
+                | Expr::Pow(a, b)
+                | Expr::PlusMinus(a, b)
+                | Expr::In(a, b)
+                | Expr::Interval(a, b, _, _) => stack.extend([&**a, &**b]),
+                Expr::Matrix(rows) => stack.extend(rows.iter().flatten()),
+                Expr::Num(..) | Expr::Sym(_) | Expr::Pi | Expr::Inf | Expr::Text(_) => {}
+            }
+        }
+        true
+    }
+
+    /// Exact rational value, when the expression is built from rationals only (and small enough
+    /// to compute within a fixed amount of big-number work).
     pub fn exact(&self) -> Option<BigRational> {
+        self.exact_in(&mut ExactWork(EXACT_WORK))
+    }
+
+    fn exact_in(&self, work: &mut ExactWork) -> Option<BigRational> {
         let r = match self {
             Expr::Num(r, _) => r.clone(),
             Expr::Add(xs) => {
                 let mut acc = BigRational::zero();
                 for x in xs {
-                    acc += x.exact()?;
+                    let x = x.exact_in(work)?;
+                    work.charge(&acc, &x)?;
+                    acc += x;
+                    if !small(&acc) {
+                        return None;
+                    }
                 }
                 acc
             }
             Expr::Mul(xs) => {
                 let mut acc = BigRational::one();
                 for x in xs {
-                    acc *= x.exact()?;
+                    let x = x.exact_in(work)?;
+                    work.charge(&acc, &x)?;
+                    acc *= x;
+                    if !small(&acc) {
+                        return None;
+                    }
                 }
                 acc
             }
-            Expr::Neg(x) => -x.exact()?,
+            Expr::Neg(x) => -x.exact_in(work)?,
             Expr::Div(a, b) => {
-                let d = b.exact()?;
+                let d = b.exact_in(work)?;
                 if d.is_zero() {
                     return None;
                 }
-                a.exact()? / d
+                let n = a.exact_in(work)?;
+                work.charge(&n, &d)?;
+                n / d
             }
             Expr::Pow(b, e) => {
-                let e = e.exact()?;
+                let e = e.exact_in(work)?;
                 if !e.is_integer() {
                     return None;
                 }
                 let n = e.to_integer().to_i64()?;
-                let b = b.exact()?;
+                let b = b.exact_in(work)?;
                 if n.abs() > MAX_EXACT_EXP
                     || (b.numer().bits() + b.denom().bits()) * n.unsigned_abs() > MAX_BITS
                 {
@@ -126,10 +192,12 @@ impl Expr {
                 if n < 0 && b.is_zero() {
                     return None;
                 }
-                num_traits::pow::Pow::pow(&b, n as i32)
+                let p = num_traits::pow::Pow::pow(&b, n as i32);
+                work.charge(&p, &p)?;
+                p
             }
             Expr::Factorial(x) => {
-                let n = x.exact()?;
+                let n = x.exact_in(work)?;
                 if !n.is_integer()
                     || n.is_negative()
                     || n > BigRational::from_integer(BigInt::from(300))
@@ -143,7 +211,7 @@ impl Expr {
                 }
                 BigRational::from_integer(acc)
             }
-            Expr::Abs(x) => x.exact()?.abs(),
+            Expr::Abs(x) => x.exact_in(work)?.abs(),
             _ => return None,
         };
         small(&r).then_some(r)

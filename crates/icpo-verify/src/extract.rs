@@ -7,8 +7,15 @@ use regex::Regex;
 
 use crate::normalize::re;
 
-/// Longest text inspected: the tail of longer responses (answers come last).
-pub const MAX_TEXT_BYTES: usize = 200_000;
+/// Longest text inspected: the tail of longer responses (answers come last). 64 KiB is about
+/// 16k tokens of English or LaTeX, twice the paper's longest responses; the cap keeps every
+/// call within a fixed time whatever the input's size.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Longest answer candidate parsed; a longer "answer" is no answer. A 20 × 20 matrix of
+/// fractions (8 KiB) fits.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024;
+/// Most `\boxed{}` joined into one answer ("2 and 5", one box per root).
+const MAX_BOXES_JOINED: usize = 64;
 /// Deepest brace nesting followed; deeper input is treated as having no answer there.
 const MAX_BRACE_DEPTH: usize = 500;
 
@@ -100,22 +107,22 @@ fn braced(s: &str, open: usize) -> Option<(&str, usize)> {
 fn boxes(s: &str) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     let mut from = 0;
+    // The next occurrence of each spelling, searched again only once passed (`None`: none
+    // left): searching both from every box would be quadratic in the number of boxes.
+    const SPELLINGS: [&str; 2] = ["\\boxed", "\\fbox"];
+    let mut next = SPELLINGS.map(|pat| s.find(pat));
     loop {
-        let b1 = s[from..].find("\\boxed").map(|o| (o, 6));
-        let b2 = s[from..].find("\\fbox").map(|o| (o, 5));
-        let (off, len) = match (b1, b2) {
-            (Some(a), Some(b)) => {
-                if b.0 < a.0 {
-                    b
-                } else {
-                    a
-                }
+        for (k, pat) in SPELLINGS.iter().enumerate() {
+            if next[k].is_some_and(|at| at < from) {
+                next[k] = s[from..].find(pat).map(|o| from + o);
             }
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
+        }
+        let (start, len) = match (next[0], next[1]) {
+            (Some(a), Some(b)) if b < a => (b, 5),
+            (Some(a), _) => (a, 6),
+            (None, Some(b)) => (b, 5),
             (None, None) => break,
         };
-        let start = from + off;
         let mut k = start + len;
         while k < s.len() && s.as_bytes()[k] == b' ' {
             k += 1;
@@ -142,23 +149,34 @@ fn boxes(s: &str) -> Vec<(usize, usize, String)> {
 /// `(start, end, content)` of math environments, in order.
 fn math_envs(s: &str) -> Vec<(usize, usize, String)> {
     // Byte-wise: every delimiter is ASCII, so slicing at them is always on a char boundary.
+    const KINDS: [(&[u8], &[u8]); 4] =
+        [(b"$$", b"$$"), (b"\\[", b"\\]"), (b"\\(", b"\\)"), (b"$", b"$")];
     let b = s.as_bytes();
     let mut out = Vec::new();
+    // A kind whose closing delimiter was not found from some opener cannot be closed from any
+    // later one either (inline `$` aside, whose search ends at the line): skipping it keeps the
+    // scan linear on thousands of unterminated openers.
+    let mut unclosed = [false; 3];
     let mut i = 0;
     while i < b.len() {
         let rest = &b[i..];
-        let (open, close): (&[u8], &[u8]) = if rest.starts_with(b"$$") {
-            (b"$$", b"$$")
+        let kind = if rest.starts_with(b"$$") {
+            0
         } else if rest.starts_with(b"\\[") {
-            (b"\\[", b"\\]")
+            1
         } else if rest.starts_with(b"\\(") {
-            (b"\\(", b"\\)")
+            2
         } else if b[i] == b'$' && (i == 0 || b[i - 1] != b'\\') {
-            (b"$", b"$")
+            3
         } else {
             i += 1;
             continue;
         };
+        let (open, close) = KINDS[kind];
+        if kind < 3 && unclosed[kind] {
+            i += open.len();
+            continue;
+        }
         let body_start = i + open.len();
         let mut j = body_start;
         let mut found = None;
@@ -178,7 +196,12 @@ fn math_envs(s: &str) -> Vec<(usize, usize, String)> {
                 out.push((i, j + close.len(), s[body_start..j].to_string()));
                 i = j + close.len();
             }
-            None => i += open.len(),
+            None => {
+                if kind < 3 {
+                    unclosed[kind] = true;
+                }
+                i += open.len();
+            }
         }
     }
     out
@@ -223,8 +246,10 @@ fn is_connector(between: &str) -> bool {
     t.trim().is_empty()
 }
 
+/// Whether one environment spans bytes `a..b`. `envs` are in order and disjoint.
 fn in_same_env(envs: &[(usize, usize, String)], a: usize, b: usize) -> bool {
-    envs.iter().any(|&(s, e, _)| s <= a && b <= e)
+    let i = envs.partition_point(|&(s, _, _)| s <= a);
+    i > 0 && b <= envs[i - 1].1
 }
 
 /// The answer candidates of a text, best first.
@@ -241,6 +266,11 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
     let text = unescape_double_backslashes(text);
     let envs = math_envs(&text);
     let mut out = Vec::new();
+    let push = |out: &mut Vec<Candidate>, text: String, source: Source| {
+        if text.len() <= MAX_ANSWER_BYTES {
+            out.push(Candidate { text, source });
+        }
+    };
 
     // Boxed answers: the last group of boxes written together.
     let bx = boxes(&text);
@@ -250,7 +280,7 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
     }
     let boxed = bx.last().map(|last| {
         let mut group = vec![last.clone()];
-        for w in bx.iter().rev().skip(1) {
+        for w in bx.iter().rev().skip(1).take(MAX_BOXES_JOINED - 1) {
             let next = &group[group.len() - 1];
             if in_same_env(&envs, w.0, next.1) || is_connector(&text[w.1..next.0]) {
                 group.push(w.clone());
@@ -279,44 +309,46 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
             }
         }
     });
+    // A stated answer, even one too long to parse, is the answer: no guess from other text.
+    let stated = boxed.is_some() || fa.is_some();
     match (boxed, fa) {
         (Some(b), Some(f)) if f.0 > b.0 => {
-            out.push(Candidate { text: f.1, source: Source::FinalAnswer });
-            out.push(Candidate { text: b.1, source: Source::Boxed });
+            push(&mut out, f.1, Source::FinalAnswer);
+            push(&mut out, b.1, Source::Boxed);
         }
         (Some(b), f) => {
-            out.push(Candidate { text: b.1, source: Source::Boxed });
+            push(&mut out, b.1, Source::Boxed);
             if let Some(f) = f {
-                out.push(Candidate { text: f.1, source: Source::FinalAnswer });
+                push(&mut out, f.1, Source::FinalAnswer);
             }
         }
-        (None, Some(f)) => out.push(Candidate { text: f.1, source: Source::FinalAnswer }),
+        (None, Some(f)) => push(&mut out, f.1, Source::FinalAnswer),
         (None, None) => {}
     }
-    if !out.is_empty() {
+    if stated {
         return out;
     }
     let last_num = number_re().find_iter(&text).last();
     match (envs.last(), last_num) {
         (Some((_, end, content)), Some(n)) if n.start() >= *end => {
-            out.push(Candidate { text: n.as_str().to_string(), source: Source::Number });
-            out.push(Candidate { text: content.clone(), source: Source::MathEnv });
+            push(&mut out, n.as_str().to_string(), Source::Number);
+            push(&mut out, content.clone(), Source::MathEnv);
         }
         (Some((_, _, content)), _) => {
-            out.push(Candidate { text: content.clone(), source: Source::MathEnv });
+            push(&mut out, content.clone(), Source::MathEnv);
         }
         (None, n) => {
             let whole = text.trim();
             if number_re().find(whole).is_some_and(|m| m.as_str().len() == whole.len()) {
-                out.push(Candidate { text: whole.to_string(), source: Source::Number });
+                push(&mut out, whole.to_string(), Source::Number);
                 return out;
             }
             // Prose (two words in a row) is not a bare answer.
             if !prose_re().is_match(whole) {
-                out.push(Candidate { text: whole.to_string(), source: Source::Whole });
+                push(&mut out, whole.to_string(), Source::Whole);
             }
             if let Some(n) = n {
-                out.push(Candidate { text: n.as_str().to_string(), source: Source::Number });
+                push(&mut out, n.as_str().to_string(), Source::Number);
             }
         }
     }

@@ -10,6 +10,15 @@ use crate::expr::{Expr, RelOp};
 const MAX_TOKENS: usize = 20_000;
 /// Deepest nesting followed.
 const MAX_DEPTH: usize = 200;
+/// Most nodes that operator chains may wrap around an earlier result (`a/b/c`, `n!!!`): these
+/// nest the tree without nesting the parser, and every later walk over the tree recurses once
+/// per level, so an unbounded chain would overflow the stack (of rayon's 2 MiB threads first).
+const MAX_CHAIN_WRAPS: usize = 256;
+/// Longest numeral parsed: 6,000 digits is past every exact result kept (`expr::MAX_BITS`), and
+/// decimal parsing is quadratic in the digits.
+const MAX_NUMERAL_CHARS: usize = 6_000;
+/// Longest command or function name looked up; longer runs of letters are no command.
+const MAX_NAME_CHARS: usize = 16;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -17,7 +26,8 @@ enum Tok {
     Ident(String),
     Cmd(String),
     Text(String),
-    Matrix(Vec<Vec<String>>),
+    /// Cells by rows, and the nesting depth the cells are parsed at.
+    Matrix(Vec<Vec<String>>, usize),
     Op(char),
     Rel(RelOp),
     SetOpen,
@@ -53,7 +63,16 @@ fn braced_end(chars: &[char], open: usize) -> Option<usize> {
     None
 }
 
-fn tokenize(s: &str) -> Option<Vec<Tok>> {
+/// Index in `c` where `pat` next occurs at or after `from`.
+fn find_chars(c: &[char], from: usize, pat: &[char]) -> Option<usize> {
+    let first = *pat.first()?;
+    (from..c.len().checked_sub(pat.len())? + 1).find(|&i| c[i] == first && c[i..].starts_with(pat))
+}
+
+fn tokenize(s: &str, depth: usize) -> Option<Vec<Tok>> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
     let c: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -74,11 +93,19 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             {
                 i += 1;
             }
+            if i - start > MAX_NUMERAL_CHARS {
+                return None;
+            }
             out.push(Tok::Num(c[start..i].iter().collect()));
         } else if ch.is_alphabetic() {
             // Known function names written without a backslash; otherwise one letter each.
-            let word: String = c[i..].iter().take_while(|x| x.is_ascii_alphabetic()).collect();
-            if let Some(f) = FUNCS.iter().find(|f| word.starts_with(**f) && word.len() == f.len()) {
+            // At most a few letters are read: a run of thousands must not be copied per letter.
+            let word: String = c[i..]
+                .iter()
+                .take(MAX_NAME_CHARS)
+                .take_while(|x| x.is_ascii_alphabetic())
+                .collect();
+            if let Some(f) = FUNCS.iter().find(|f| word == **f) {
                 out.push(Tok::Cmd(f.to_string()));
                 i += f.len();
             } else {
@@ -94,9 +121,9 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
         } else if ch == '\\' {
             let next = *c.get(i + 1)?;
             if next.is_alphabetic() {
-                let name: String =
-                    c[i + 1..].iter().take_while(|x| x.is_ascii_alphabetic()).collect();
-                i += 1 + name.len();
+                let len = c[i + 1..].iter().take_while(|x| x.is_ascii_alphabetic()).count();
+                let name: String = c[i + 1..i + 1 + len].iter().collect();
+                i += 1 + len;
                 match name.as_str() {
                     "text" | "texttt" | "textsf" => {
                         while c.get(i) == Some(&' ') {
@@ -115,11 +142,10 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
                     "begin" => {
                         let end = braced_end(&c, i)?;
                         let env: String = c[i + 1..end].iter().collect();
-                        let close = format!("\\end{{{env}}}");
-                        let rest: String = c[end + 1..].iter().collect();
-                        let body_len = rest.find(&close)?;
-                        let body = &rest[..body_len];
-                        i = end + 1 + rest[..body_len + close.len()].chars().count();
+                        let close: Vec<char> = format!("\\end{{{env}}}").chars().collect();
+                        let body_end = find_chars(&c, end + 1, &close)?;
+                        let body: String = c[end + 1..body_end].iter().collect();
+                        i = body_end + close.len();
                         if env.contains("matrix") || env == "array" {
                             let rows = body
                                 .split("\\\\")
@@ -128,9 +154,9 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
                                 })
                                 .filter(|r: &Vec<String>| r.iter().any(|x| !x.is_empty()))
                                 .collect();
-                            out.push(Tok::Matrix(rows));
+                            out.push(Tok::Matrix(rows, depth + 1));
                         } else {
-                            out.extend(tokenize(body)?);
+                            out.extend(tokenize(&body, depth + 1)?);
                         }
                     }
                     "le" | "leq" | "leqslant" => out.push(Tok::Rel(RelOp::Le)),
@@ -213,6 +239,8 @@ struct Parser {
     toks: Vec<Tok>,
     pos: usize,
     depth: usize,
+    /// Nodes wrapped around earlier results by operator chains (see [`MAX_CHAIN_WRAPS`]).
+    wraps: usize,
 }
 
 impl Parser {
@@ -238,6 +266,12 @@ impl Parser {
     fn enter(&mut self) -> Option<()> {
         self.depth += 1;
         (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    /// Counts one node wrapped around an earlier result; `None` past the budget.
+    fn wrap(&mut self) -> Option<()> {
+        self.wraps += 1;
+        (self.wraps <= MAX_CHAIN_WRAPS).then_some(())
     }
 
     /// Items separated by `;` (outer) and `,` (inner), until a closing token.
@@ -339,7 +373,7 @@ impl Parser {
 
     fn starts_primary(&self) -> bool {
         match self.peek() {
-            Some(Tok::Num(_) | Tok::Ident(_) | Tok::Matrix(_) | Tok::Text(_)) => true,
+            Some(Tok::Num(_) | Tok::Ident(_) | Tok::Matrix(..) | Tok::Text(_)) => true,
             Some(Tok::Op('(')) => true,
             Some(Tok::Cmd(c)) => {
                 !matches!(c.as_str(), "cup" | "in" | "pm" | "mp" | "cap" | "setminus")
@@ -348,30 +382,37 @@ impl Parser {
         }
     }
 
+    /// Products are flat (`a·b·c` is one `Mul` of three), so long chains stay shallow; each
+    /// `/` wraps what came before and counts against [`MAX_CHAIN_WRAPS`].
     fn mul(&mut self) -> Option<Expr> {
+        fn product(mut factors: Vec<Expr>) -> Expr {
+            if factors.len() == 1 {
+                factors.remove(0)
+            } else {
+                Expr::Mul(factors)
+            }
+        }
         self.enter()?;
-        let mut acc = self.unary()?;
+        let mut factors = vec![self.unary()?];
         loop {
             match self.peek() {
                 Some(Tok::Op('*')) => {
                     self.pos += 1;
-                    let rhs = self.unary()?;
-                    acc = Expr::Mul(vec![acc, rhs]);
+                    factors.push(self.unary()?);
                 }
                 Some(Tok::Op('/')) => {
                     self.pos += 1;
                     let rhs = self.unary()?;
-                    acc = Expr::Div(Box::new(acc), Box::new(rhs));
+                    self.wrap()?;
+                    let lhs = product(std::mem::take(&mut factors));
+                    factors.push(Expr::Div(Box::new(lhs), Box::new(rhs)));
                 }
-                _ if self.starts_primary() => {
-                    let rhs = self.pow()?;
-                    acc = Expr::Mul(vec![acc, rhs]);
-                }
+                _ if self.starts_primary() => factors.push(self.pow()?),
                 _ => break,
             }
         }
         self.depth -= 1;
-        Some(acc)
+        Some(product(factors))
     }
 
     fn unary(&mut self) -> Option<Expr> {
@@ -421,6 +462,7 @@ impl Parser {
     fn postfix(&mut self) -> Option<Expr> {
         let mut e = self.primary()?;
         while self.eat(&Tok::Op('!')) {
+            self.wrap()?;
             e = Expr::Factorial(Box::new(e));
         }
         Some(e)
@@ -440,10 +482,15 @@ impl Parser {
                 }
             }
             Tok::Text(t) => Expr::Text(t),
-            Tok::Matrix(rows) => {
+            Tok::Matrix(rows, depth) => {
+                let depth = depth.max(self.depth + 1);
                 let parsed = rows
                     .iter()
-                    .map(|r| r.iter().map(|cell| parse_str(cell)).collect::<Option<Vec<_>>>())
+                    .map(|r| {
+                        r.iter()
+                            .map(|cell| parse_at(cell, depth, self.wraps))
+                            .collect::<Option<Vec<_>>>()
+                    })
                     .collect::<Option<Vec<_>>>()?;
                 Expr::Matrix(parsed)
             }
@@ -562,8 +609,14 @@ fn interval(inner: Expr, lo_closed: bool, hi_closed: bool) -> Option<Expr> {
 
 /// Parses normalised answer text; `None` when it is not a well-formed answer.
 pub fn parse_str(s: &str) -> Option<Expr> {
-    let toks = tokenize(s)?;
-    let mut p = Parser { toks, pos: 0, depth: 0 };
+    parse_at(s, 0, 0)
+}
+
+/// [`parse_str`] inside an answer (a matrix cell): starts at its nesting `depth` with the
+/// chain `wraps` already on the path, so the tree's depth stays bounded across cells.
+fn parse_at(s: &str, depth: usize, wraps: usize) -> Option<Expr> {
+    let toks = tokenize(s, depth)?;
+    let mut p = Parser { toks, pos: 0, depth, wraps };
     let e = p.list()?;
     (p.pos == p.toks.len()).then_some(e)
 }

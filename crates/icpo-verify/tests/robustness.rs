@@ -5,8 +5,10 @@
 
 use std::time::Instant;
 
-use icpo_verify::{verify, verify_bytes};
+use icpo_verify::{verify, verify_bytes, MathReward, Reward};
 use proptest::prelude::*;
+
+mod hostile;
 
 /// Generous bound for debug builds on a loaded 2-core machine; a hang would exceed it by far.
 const LIMIT_SECS: f64 = 5.0;
@@ -35,6 +37,43 @@ fn hostile_inputs_are_bounded_and_not_equivalent() {
     assert!(big.len() > 1_000_000);
     assert!(bounded("42", &big));
     assert!(!bounded("1", "$$$$$$\\(\\(\\[\\[\\boxed{"));
+}
+
+/// Every hostile case (operator chains of thousands, 1 MB golds and predictions, thousands of
+/// boxes, huge matrices, deep relation chains) is "not equivalent", without a crash, on the main
+/// thread and inside rayon's 2 MiB worker threads, as the trainer scores rollouts. The time
+/// bound here only catches hangs; the 10 ms budget is checked in release by the `hostile` bench.
+#[test]
+fn hostile_cases_end_not_equivalent_in_bounded_time() {
+    let reward = MathReward::default();
+    for (name, gold, pred) in hostile::cases(4_000) {
+        let t = Instant::now();
+        assert!(!verify(&gold, &pred), "{name}: scored correct");
+        let scores =
+            reward.score_batch(&[(gold.as_str(), pred.as_str()), (pred.as_str(), gold.as_str())]);
+        assert_eq!(scores, vec![0.0, 0.0], "{name}: score_batch");
+        assert!(t.elapsed().as_secs_f64() < 3.0 * LIMIT_SECS, "{name} took {:?}", t.elapsed());
+    }
+}
+
+/// The first inputs found to overflow the stack, kept as named cases.
+#[test]
+fn long_operator_chains_do_not_overflow_the_stack() {
+    let n = 100_000;
+    let reward = MathReward::default();
+    for pred in [
+        format!("\\boxed{{{}}}", vec!["2"; n].join("*")),
+        format!("${}$", vec!["2"; n].join("\\cdot ")),
+        format!("\\boxed{{3{}}}", "!".repeat(n)),
+        format!("\\boxed{{{}}}", "x".repeat(n)),
+    ] {
+        assert_eq!(reward.score_batch(&[("5", pred.as_str()); 4]), vec![0.0; 4]);
+    }
+    assert_eq!(reward.score_batch(&[(&"ab".repeat(n), "\\boxed{5}")]), vec![0.0]);
+    // Chains within the limits still parse and compare.
+    assert!(verify(&vec!["2"; 40].join("\\cdot "), "\\boxed{1099511627776}"));
+    assert!(verify("\\frac{1}{8}", "\\boxed{1/2/2/2}"));
+    assert!(verify("6", "\\boxed{3!}"));
 }
 
 #[test]
