@@ -16,7 +16,7 @@ use clap::Parser;
 fn main() -> Result<()> {
     let args = icpo_math::Args::parse();
     match &args.config {
-        Some(path) => icpo_math::real_run(path, &args.overrides, args.resume.as_deref(), false),
+        Some(path) => icpo_math::real_run(path, &args.overrides(), args.resume.as_deref(), false),
         None => {
             let mut s = icpo_math::common::Settings::default_run(args.out.join("grpo_only"));
             s.seed = args.seed;

@@ -32,9 +32,14 @@ pub struct Args {
     /// Config overrides, `section.key=value` (repeatable).
     #[arg(long = "set")]
     pub overrides: Vec<String>,
-    /// Continue a run from its output directory or a checkpoint.
+    /// Continue a run from its output directory or a checkpoint. Config values that change
+    /// the run's meaning must match the checkpoint's unless given again with --set.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start afresh in an output directory that holds a run, deleting it
+    /// (trainer.overwrite = true).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Output directory of the embedded default.
     #[arg(long, default_value = "runs/icpo_math")]
     pub out: PathBuf,
@@ -43,10 +48,21 @@ pub struct Args {
     pub seed: u64,
 }
 
+impl Args {
+    /// The `--set` overrides, with `--overwrite` as `trainer.overwrite=true`.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut o = self.overrides.clone();
+        if self.overwrite {
+            o.push("trainer.overwrite=true".into());
+        }
+        o
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     match &args.config {
-        Some(path) => real_run(path, &args.overrides, args.resume.as_deref(), true),
+        Some(path) => real_run(path, &args.overrides(), args.resume.as_deref(), true),
         None => {
             let t = Instant::now();
             let mut s = common::Settings::default_run(args.out.clone());
@@ -115,7 +131,17 @@ pub fn real_run(
         Scorer::Text(Box::new(MathReward::default())),
     )?;
     if let Some(r) = resume {
-        trainer.resume(r)?;
+        // Only what the user set on the command line may change the run's meaning.
+        for change in trainer.resume_with(r, &overrides)? {
+            println!("resume: accepted config change {change}");
+        }
+        println!("resumed at step {}", trainer.step());
+    }
+    if trainer.dropped_overlong > 0 {
+        println!(
+            "{} problems dropped: prompt longer than data.max_prompt_tokens = {}",
+            trainer.dropped_overlong, cfg.data.max_prompt_tokens
+        );
     }
     let eval_tok = Tokenizer::from_dir(&cfg.model.path)?;
     let pb = indicatif::ProgressBar::new(total);

@@ -72,7 +72,7 @@ enum Command {
         seed: u64,
     },
     /// Checks answers: reads JSONL lines {"gold": ..., "pred": ...} and prints one
-    /// {"correct": true|false} line per input line, in order.
+    /// {"correct": true|false} line per non-blank input line, in order.
     Verify {
         /// Input JSONL file (`-` for standard input).
         #[arg(long)]
@@ -127,29 +127,34 @@ fn logits(model: PathBuf, ids: &str, out: PathBuf, device: &str, dtype: &str) ->
 fn verify(input: PathBuf, threads: Option<usize>, skip_bad: bool) -> Result<()> {
     use icpo_verify::Reward;
     use std::io::Write;
-    let text = if input.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?
-    };
-    // Parse every line first: a malformed line stops the run before anything is printed.
-    let mut pairs: Vec<std::result::Result<(String, String), String>> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let parsed = serde_json::from_str::<serde_json::Value>(line)
-            .map_err(|e| format!("malformed JSON: {e}"))
-            .and_then(|v| {
-                let field = |k: &str| match &v[k] {
-                    serde_json::Value::String(s) => Ok(s.clone()),
-                    serde_json::Value::Number(n) => Ok(n.to_string()),
-                    serde_json::Value::Null => Err(format!("missing field `{k}`")),
-                    other => Err(format!("field `{k}` must be a string, got {other}")),
-                };
-                Ok((field("gold")?, field("pred")?))
-            });
-        if let (Err(e), false) = (&parsed, skip_bad) {
-            bail!("{}:{}: {e}", input.display(), i + 1);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let max_threads = 4 * cores;
+    if let Some(n) = threads {
+        if n == 0 || n > max_threads {
+            bail!("--threads: {n} is out of range: use 1 to {max_threads} (4 × the {cores} cores here), or leave it out for one per core");
         }
-        pairs.push(parsed);
+    }
+    // Parse every line first: a malformed line stops the run before anything is printed.
+    // The one JSONL reader: BOM and blank lines ignored, lines numbered as in the file.
+    let rows = icpo_policy::read_jsonl(&input)?;
+    let mut pairs: Vec<std::result::Result<(String, String), String>> = Vec::new();
+    for row in rows {
+        let parsed = row.value.and_then(|v| {
+            let field = |k: &str| match &v[k] {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Number(n) => Ok(n.to_string()),
+                serde_json::Value::Null => Err(format!("missing field `{k}`")),
+                other => Err(format!("field `{k}` must be a string, got {other}")),
+            };
+            Ok((field("gold")?, field("pred")?))
+        });
+        match parsed {
+            Err(e) if !skip_bad => {
+                bail!("{}:{}: {e} (--skip-bad to go on)", input.display(), row.line)
+            }
+            Err(e) => pairs.push(Err(format!("line {}: {e}", row.line))),
+            Ok(p) => pairs.push(Ok(p)),
+        }
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
     let reward = icpo_verify::MathReward::default();
@@ -181,19 +186,30 @@ fn eval(
     options: LoadOptions,
     seed: u64,
 ) -> Result<()> {
-    let lm = CausalLm::load(&model, options)?;
-    let tok = icpo_policy::Tokenizer::from_dir(&model)?;
-    let builder = icpo_rollout::PromptBuilder::new(&tok);
-    let reward = icpo_verify::MathReward::default();
-    let mut rows = Vec::new();
-    let mut all = String::new();
+    // Everything that can be checked is checked before the first generation: every benchmark
+    // file, the output's folder, the model and its weights.
+    let mut suites = Vec::new();
     for b in &benchmarks {
         let (mut problems, _) = icpo_train::load_problems(b)?;
         if let Some(n) = limit {
             problems.truncate(n);
         }
         let name = b.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        let k = samples.unwrap_or_else(|| icpo_train::protocol_samples(&name));
+        suites.push((name, problems));
+    }
+    let probe = out.with_extension("probe.tmp");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: cannot write there", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let lm = CausalLm::load(&model, options)?;
+    lm.check_finite().with_context(|| format!("--model {}", model.display()))?;
+    let tok = icpo_policy::Tokenizer::from_dir(&model)?;
+    let builder = icpo_rollout::PromptBuilder::new(&tok);
+    let reward = icpo_verify::MathReward::default();
+    let mut rows = Vec::new();
+    let mut all = String::new();
+    for (name, problems) in &suites {
+        let k = samples.unwrap_or_else(|| icpo_train::protocol_samples(name));
         let cfg = icpo_train::EvalConfig {
             sampling: sampling.clone(),
             samples: k,
@@ -204,18 +220,26 @@ fn eval(
             &lm,
             &tok,
             &builder,
-            &problems,
+            problems,
             &reward,
             tok.eos_token_ids(),
             &cfg,
         )?;
         let tmp = out.with_extension(format!("{name}.part"));
-        icpo_train::write_responses(&tmp, &name, &r)?;
+        icpo_train::write_responses(&tmp, name, &r)?;
         all.push_str(&std::fs::read_to_string(&tmp)?);
         std::fs::remove_file(&tmp)?;
-        rows.push((name, k, r.problems, r.accuracy));
+        // Each benchmark's responses are on disk as soon as it completes.
+        icpo_policy::write_atomic(&out, all.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "{name}: {:.1}% ({} problems) written to {}",
+            100.0 * r.accuracy,
+            r.problems,
+            out.display()
+        );
+        rows.push((name.clone(), k, r.problems, r.accuracy));
     }
-    std::fs::write(&out, all).with_context(|| format!("writing {}", out.display()))?;
     println!("| benchmark | problems | samples | accuracy |\n|---|---|---|---|");
     for (name, k, n, acc) in &rows {
         let metric = if *k > 1 { format!("avg@{k}") } else { "pass@1".into() };

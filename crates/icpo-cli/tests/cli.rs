@@ -159,3 +159,74 @@ fn eval_writes_a_table_and_every_response() {
         .iter()
         .all(|l| l["reward"] == 0.0 && l["benchmark"] == "tinybench" && l["response"].is_string()));
 }
+
+/// The one JSONL reader's rules: a BOM and blank lines are ignored, and a line that is not
+/// UTF-8 is a bad line with its number, which `--skip-bad` skips.
+#[test]
+fn verify_reads_inputs_by_the_common_rules() {
+    let input = tmp("rules.jsonl");
+    let mut bytes = b"\xEF\xBB\xBF{\"gold\": \"1\", \"pred\": \"\\\\boxed{1}\"}\n\n".to_vec();
+    bytes.extend_from_slice(
+        b"{\"gold\": \"2\", \"pred\": \"\xff\"}\n{\"gold\": \"3\", \"pred\": \"3\"}\n\n",
+    );
+    std::fs::write(&input, &bytes).unwrap();
+    let o = icpo().args(["verify", "--input"]).arg(&input).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rules.jsonl:3") && err.contains("not UTF-8"), "{err}");
+    let o = icpo().args(["verify", "--skip-bad", "--input"]).arg(&input).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "one verdict per non-blank line");
+    assert_eq!(lines[0]["correct"], true, "the BOM is not part of line 1");
+    assert!(lines[1]["error"].as_str().unwrap().contains("line 3"));
+    assert_eq!(lines[2]["correct"], true);
+    std::fs::remove_file(&input).unwrap();
+}
+
+#[test]
+fn verify_refuses_absurd_thread_counts_at_once() {
+    let input = tmp("threads.jsonl");
+    std::fs::write(&input, "{\"gold\": \"1\", \"pred\": \"1\"}\n").unwrap();
+    for n in ["100000", "0"] {
+        let t = std::time::Instant::now();
+        let o = icpo().args(["verify", "--threads", n, "--input"]).arg(&input).output().unwrap();
+        assert!(!o.status.success());
+        assert!(t.elapsed().as_secs_f64() < 10.0);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("--threads") && err.contains("out of range"), "{err}");
+    }
+    std::fs::remove_file(&input).unwrap();
+}
+
+/// Benchmarks and `--out` are checked before the first generation.
+#[test]
+fn eval_checks_its_inputs_before_generating() {
+    let dir = tmp("evalcheck");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bench = dir.join("ok.jsonl");
+    std::fs::write(&bench, "{\"problem\": \"1+1?\", \"answer\": \"2\"}\n").unwrap();
+    let out = dir.join("responses.jsonl");
+    let eval = |benches: &[&std::path::Path], out: &std::path::Path| {
+        let mut c = icpo();
+        c.args(["eval", "--model"]).arg(testdata("tiny-qwen3"));
+        for b in benches {
+            c.arg("--benchmark").arg(b);
+        }
+        let o = c.arg("--out").arg(out).args(["--max-new-tokens", "200"]).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let missing = dir.join("missing.jsonl");
+    let e = eval(&[&bench, &missing], &out);
+    assert!(e.contains("missing.jsonl"), "{e}");
+    assert!(!e.contains("ok: "), "nothing generated before the check: {e}");
+    assert!(!out.exists());
+    let bad_out = dir.join("no/such/dir/responses.jsonl");
+    let e = eval(&[&bench], &bad_out);
+    assert!(e.contains("--out") && e.contains("no/such/dir"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

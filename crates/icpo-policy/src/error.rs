@@ -41,6 +41,9 @@ pub enum PolicyError {
         /// What is wrong with it.
         message: String,
     },
+    /// A weight holds NaN or infinite values (named).
+    #[error("weight `{0}` holds NaN or infinite values: the model's outputs would not be finite")]
+    NonFinite(String),
     /// Inputs of the wrong shape or kind were passed to the model.
     #[error("shape error: {0}")]
     Shape(String),

@@ -64,6 +64,42 @@ impl DeviceOpt {
     }
 }
 
+/// Checks the config's sizes against the checkpoint's tensor table before anything is
+/// allocated: a config naming far more layers (or a larger vocabulary) than the weights hold
+/// would otherwise allocate for them first and fail inside libtorch.
+fn check_against_weights(config: &ModelConfig, dir: &Path) -> Result<()> {
+    let shapes = weights::checkpoint_shapes(dir)?;
+    let config_path = dir.join("config.json");
+    let layers = shapes
+        .keys()
+        .filter_map(|k| k.strip_prefix("model.layers.")?.split('.').next()?.parse::<i64>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    if config.num_hidden_layers > layers {
+        return Err(PolicyError::Config {
+            path: config_path,
+            field: "num_hidden_layers".into(),
+            message: format!(
+                "{} in the config, but the checkpoint holds weights for {layers} layers",
+                config.num_hidden_layers
+            ),
+        });
+    }
+    if let Some(shape) = shapes.get("model.embed_tokens.weight") {
+        let want = [config.vocab_size, config.hidden_size];
+        if shape.as_slice() != want {
+            return Err(PolicyError::Config {
+                path: config_path,
+                field: "vocab_size, hidden_size".into(),
+                message: format!(
+                    "{want:?} in the config, but model.embed_tokens.weight is {shape:?} in the checkpoint"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A causal language model (the policy) with its weights in a [`VarStore`], named as in the
 /// Hugging Face checkpoint so that an optimiser and the safetensors files agree on names.
 pub struct CausalLm {
@@ -240,6 +276,7 @@ impl CausalLm {
     pub fn load(dir: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let config = ModelConfig::from_path(dir)?;
+        check_against_weights(&config, dir)?;
         let model = Self::new(config, options)?;
         weights::load_safetensors(dir, &model.vs.variables())?;
         Ok(model)
@@ -336,6 +373,20 @@ impl CausalLm {
     /// The device of the weights.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// An error naming the first weight (by name) that holds NaN or ∞: such a model's logits
+    /// are not finite, so its samples and scores would mean nothing.
+    pub fn check_finite(&self) -> Result<()> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, t) in vars {
+            let finite = tch::no_grad(|| t.f_isfinite()?.f_all()?.f_int64_value(&[]))?;
+            if finite == 0 {
+                return Err(PolicyError::NonFinite(name));
+            }
+        }
+        Ok(())
     }
 
     /// The weights, for optimisers and checkpointing.

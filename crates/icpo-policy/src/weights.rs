@@ -46,6 +46,48 @@ fn tensor_files(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<String>>> {
     Ok(files)
 }
 
+/// Largest safetensors header read when only the tensor table is wanted.
+const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Name → shape of every tensor of the checkpoint in `dir`, from the files' headers only
+/// (nothing is loaded), so a config can be checked against the weights before allocating.
+pub fn checkpoint_shapes(dir: &Path) -> Result<BTreeMap<String, Vec<i64>>> {
+    use std::io::Read;
+    let mut out = BTreeMap::new();
+    for path in tensor_files(dir)?.keys() {
+        let bad = |message: String| PolicyError::Tensor {
+            file: path.clone(),
+            name: "(header)".into(),
+            message,
+        };
+        let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let len = u64::from_le_bytes(len);
+        if len > MAX_HEADER_BYTES {
+            return Err(bad(format!("not a valid safetensors file: header of {len} bytes")));
+        }
+        let mut header = vec![0u8; len as usize];
+        f.read_exact(&mut header).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let json: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let Some(table) = json.as_object() else {
+            return Err(bad("not a valid safetensors file: header is not an object".into()));
+        };
+        for (name, info) in table {
+            if name == "__metadata__" {
+                continue;
+            }
+            let shape = info["shape"]
+                .as_array()
+                .and_then(|dims| dims.iter().map(|d| d.as_i64()).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad(format!("tensor `{name}` has no valid shape")))?;
+            out.insert(name.clone(), shape);
+        }
+    }
+    Ok(out)
+}
+
 fn kind_of(dtype: StDtype) -> Option<Kind> {
     match dtype {
         StDtype::F32 => Some(Kind::Float),

@@ -52,17 +52,14 @@ impl DemoPool {
     /// without them, or not JSON, is an error naming the file and line. Blank lines are skipped.
     pub fn from_jsonl(path: impl AsRef<Path>) -> Result<Self> {
         let path: PathBuf = path.as_ref().into();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|error| RolloutError::Io { path: path.clone(), error })?;
         let mut demos = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let err =
-                |message: String| RolloutError::Data { path: path.clone(), line: i + 1, message };
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
+        for row in icpo_policy::read_jsonl(&path)? {
+            let err = |message: String| RolloutError::Data {
+                path: path.clone(),
+                line: row.line,
+                message,
+            };
+            let v = row.value.clone().map_err(err)?;
             let field = |name: &str| -> Result<String> {
                 v.get(name)
                     .and_then(|x| x.as_str())
@@ -72,7 +69,7 @@ impl DemoPool {
             let id = v
                 .get("id")
                 .and_then(|x| x.as_str())
-                .map_or_else(|| format!("line {}", i + 1), str::to_owned);
+                .map_or_else(|| format!("line {}", row.line), str::to_owned);
             demos.push(Demo { id, problem: field("problem")?, solution: field("solution")? });
         }
         if demos.is_empty() {

@@ -235,6 +235,10 @@ pub struct TrainerSection {
     pub seed: u64,
     /// Abort after this many non-finite updates in a row. Default 3.
     pub max_nonfinite_in_a_row: u32,
+    /// Start afresh in an `output_dir` that already holds a run, deleting its checkpoints and
+    /// metrics (without it such a start is refused; `--resume` continues the run instead).
+    /// Default false.
+    pub overwrite: bool,
 }
 
 impl Default for TrainerSection {
@@ -247,6 +251,7 @@ impl Default for TrainerSection {
             output_dir: "runs/icpo".into(),
             seed: 42,
             max_nonfinite_in_a_row: 3,
+            overwrite: false,
         }
     }
 }
@@ -291,6 +296,15 @@ fn check_keys(doc: &toml::Value, defaults: &toml::Value, prefix: &str) -> Result
         }
     }
     Ok(())
+}
+
+/// The default value at dotted `key`, as TOML, for error messages.
+fn default_at(defaults: &toml::Value, key: &str) -> String {
+    let mut node = Some(defaults);
+    for part in key.split('.') {
+        node = node.and_then(|n| n.get(part));
+    }
+    node.map_or_else(|| "unset".to_string(), ToString::to_string)
 }
 
 fn set_key(doc: &mut toml::Value, assignment: &str) -> Result<()> {
@@ -338,9 +352,14 @@ impl TrainConfig {
         let defaults = toml::Value::try_from(TrainConfig::default())
             .map_err(|e| cfg_err("(defaults)", e.to_string()))?;
         check_keys(&doc, &defaults, "")?;
-        let cfg: TrainConfig = doc
-            .try_into()
-            .map_err(|e: toml::de::Error| cfg_err("(value)", e.message().to_string()))?;
+        // Through serde_path_to_error so a mistyped value names its key, not only itself.
+        let cfg: TrainConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let key = e.path().to_string();
+            cfg_err(
+                &key,
+                format!("{} (the default is {})", e.inner().message(), default_at(&defaults, &key)),
+            )
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

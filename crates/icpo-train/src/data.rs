@@ -30,16 +30,12 @@ pub fn load_problems(path: impl AsRef<Path>) -> Result<(Vec<Problem>, usize)> {
     if path.extension().is_some_and(|e| e == "parquet") {
         return load_verl_parquet(path);
     }
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let mut out = Vec::new();
     let mut skipped = 0;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| TrainError::Data { path: path.into(), line: i + 1, message };
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| err(format!("malformed JSON: {e}")))?;
+    for row in icpo_policy::read_jsonl(path)? {
+        let line = row.line;
+        let err = |message: String| TrainError::Data { path: path.into(), line, message };
+        let v = row.value.map_err(err)?;
         let problem =
             v["problem"].as_str().ok_or_else(|| err("missing string field `problem`".into()))?;
         let answer = match &v["answer"] {
@@ -51,7 +47,11 @@ pub fn load_problems(path: impl AsRef<Path>) -> Result<(Vec<Problem>, usize)> {
             }
             other => return Err(err(format!("field `answer` must be a string, got {other}"))),
         };
-        let id = v["id"].as_str().map_or_else(|| format!("line {}", i + 1), str::to_owned);
+        let id = match &v["id"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => format!("line {line}"),
+        };
         out.push(Problem { id, problem: problem.to_string(), answer });
     }
     if out.is_empty() {

@@ -75,6 +75,8 @@ pub fn evaluate(
     eos_token_ids: &[i64],
     cfg: &EvalConfig,
 ) -> Result<EvalResult> {
+    // NaN or ∞ weights give meaningless samples that would score as 0% without complaint.
+    policy.check_finite()?;
     let prompts: Vec<Vec<i64>> = problems
         .iter()
         .map(|p| builder.plain(&p.problem))

@@ -16,11 +16,13 @@ mod data;
 mod error;
 mod eval;
 mod optim;
+mod resume_check;
+mod rundir;
 mod sft;
 mod trainer;
 
 pub use batch::Trajectory;
-pub use checkpoint::{append_jsonl, TrainerState};
+pub use checkpoint::{append_jsonl, resolve_latest, TrainerState};
 pub use config::{
     AlgorithmSection, DataSection, LrSchedule, ModelSection, OptimSection, RolloutSection,
     TrainConfig, TrainerSection,
@@ -29,5 +31,7 @@ pub use data::{load_problems, load_verl_parquet, Cursor, Problem};
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, protocol_samples, write_responses, EvalConfig, EvalResult, Graded};
 pub use optim::AdamW;
+pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};
+pub use rundir::{run_outputs, RunDir, StartMode, LOCK_FILE};
 pub use sft::supervised_step;
 pub use trainer::{Metrics, Scorer, Trainer};

@@ -119,7 +119,52 @@ impl AdamW {
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, t)| (k.as_str(), t)).collect();
         let tmp = path.with_extension("tmp");
         Tensor::write_safetensors(&refs, &tmp)?;
+        // On disk before the rename, so a crash never leaves a renamed but partial file.
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(crate::error::io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(crate::error::io_err(path))
+    }
+
+    /// Checks loaded state against the policy's weights: every moment names a weight, has its
+    /// shape and is float32; after any update every weight has both moments (a file without
+    /// them would silently restart AdamW). Errors name `path` and the tensor.
+    pub fn validate(
+        &self,
+        path: &Path,
+        weights: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        let bad = |name: &str, message: String| TrainError::Data {
+            path: path.into(),
+            line: 0,
+            message: format!("tensor `{name}`: {message}"),
+        };
+        for (prefix, moments) in [("m", &self.m), ("v", &self.v)] {
+            for (name, t) in moments {
+                let key = format!("{prefix}.{name}");
+                let Some(w) = weights.get(name) else {
+                    return Err(bad(&key, "names no weight of the policy".into()));
+                };
+                if t.size() != w.size() {
+                    return Err(bad(
+                        &key,
+                        format!("shape {:?}, the weight is {:?}", t.size(), w.size()),
+                    ));
+                }
+                if t.kind() != Kind::Float {
+                    return Err(bad(&key, format!("dtype {:?}, expected Float", t.kind())));
+                }
+            }
+            if self.updates > 0 {
+                let mut names: Vec<&String> = weights.keys().collect();
+                names.sort();
+                if let Some(missing) = names.into_iter().find(|n| !moments.contains_key(*n)) {
+                    return Err(bad(
+                        &format!("{prefix}.{missing}"),
+                        format!("missing, after {} updates", self.updates),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads state written by [`AdamW::save`], moving it to `device`.

@@ -20,6 +20,7 @@ use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
 use crate::optim::{zero_grads, AdamW};
+use crate::rundir::{RunDir, StartMode};
 
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
 pub type Metrics = BTreeMap<String, f64>;
@@ -56,6 +57,13 @@ pub struct Trainer {
     pub(crate) nonfinite_streak: u32,
     /// Prompts of the last step's IEF rollouts, as fed to the sampler (for inspection).
     pub last_ief_prompts: Vec<Vec<i64>>,
+    /// The output directory, claimed (locked) by `fit` or `resume`.
+    pub(crate) run_dir: Option<RunDir>,
+    /// Whether `resume` restored a checkpoint.
+    pub(crate) resumed: bool,
+    /// Problems dropped at construction because their prompt is longer than
+    /// `data.max_prompt_tokens`.
+    pub dropped_overlong: usize,
 }
 
 fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
@@ -91,6 +99,49 @@ impl Trainer {
                 message: "IEF needs a demo pool".into(),
             });
         }
+        if let Some(pool) = demos.as_ref().filter(|_| cfg.algorithm.ief) {
+            if pool.len() < cfg.rollout.demos {
+                return Err(TrainError::Config {
+                    key: "rollout.demos".into(),
+                    message: format!(
+                        "{} demonstrations per IEF prompt, but the demo pool ({}) holds only {}",
+                        cfg.rollout.demos,
+                        if cfg.data.demo_pool_path.is_empty() {
+                            "in memory"
+                        } else {
+                            cfg.data.demo_pool_path.as_str()
+                        },
+                        pool.len()
+                    ),
+                });
+            }
+        }
+        // Over-long prompts are dropped here, once, as verl's `filter_overlong_prompts` does,
+        // instead of stopping the run (and every resume) when one is drawn.
+        let total = problems.len();
+        let problems = {
+            let mut builder = PromptBuilder::new(&tokenizer);
+            builder.template = cfg.data.template;
+            builder.instruction = cfg.data.instruction.clone();
+            let mut kept = Vec::with_capacity(problems.len());
+            for p in problems {
+                let len = tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len();
+                if len <= cfg.data.max_prompt_tokens {
+                    kept.push(p);
+                }
+            }
+            kept
+        };
+        let dropped_overlong = total - problems.len();
+        if total > 0 && problems.is_empty() {
+            return Err(TrainError::Config {
+                key: "data.max_prompt_tokens".into(),
+                message: format!(
+                    "every one of the {total} problems of {} has a longer prompt than {} tokens",
+                    cfg.data.train_path, cfg.data.max_prompt_tokens
+                ),
+            });
+        }
         Ok(Trainer {
             cfg,
             policy,
@@ -105,6 +156,9 @@ impl Trainer {
             step: 0,
             nonfinite_streak: 0,
             last_ief_prompts: Vec::new(),
+            run_dir: None,
+            resumed: false,
+            dropped_overlong,
         })
     }
 
@@ -468,6 +522,7 @@ impl Trainer {
             if lens.is_empty() { 0.0 } else { clipped / lens.len() as f64 },
         );
         m.insert("train/skipped_updates".into(), skipped);
+        m.insert("data/overlong_dropped".into(), self.dropped_overlong as f64);
         m.insert("train/group_size".into(), trajs.len() as f64 / plain.len().max(1) as f64);
         let step_s = t_start.elapsed().as_secs_f64();
         m.insert("timing/generation_s".into(), gen_s);
@@ -487,9 +542,30 @@ impl Trainer {
     /// Runs steps until `trainer.total_steps`, appending each step's metrics to
     /// `metrics.jsonl`, checkpointing every `save_every` steps and at the end, and calling
     /// `on_step` (progress bars, evaluation) after each step.
+    ///
+    /// Before the first step the output directory is claimed ([`RunDir::claim`]): writable,
+    /// locked for the run's lifetime, and, unless [`Trainer::resume`] ran first, holding no
+    /// earlier run (or cleared of it with `trainer.overwrite`). A resumed run whose checkpoint
+    /// already reached `trainer.total_steps` is an error saying so, not a silent success.
     pub fn fit(&mut self, mut on_step: impl FnMut(&Trainer, &Metrics) -> Result<()>) -> Result<()> {
         let out = self.output_dir();
-        std::fs::create_dir_all(&out).map_err(crate::error::io_err(&out))?;
+        if self.run_dir.is_none() {
+            let mode = match (self.resumed, self.cfg.trainer.overwrite) {
+                (true, _) => StartMode::Resume,
+                (false, true) => StartMode::Overwrite,
+                (false, false) => StartMode::Fresh,
+            };
+            self.run_dir = Some(RunDir::claim(&out, mode)?);
+        }
+        if self.resumed && self.step >= self.cfg.trainer.total_steps {
+            return Err(TrainError::Config {
+                key: "trainer.total_steps".into(),
+                message: format!(
+                    "the resumed checkpoint is at step {}, which already reaches total_steps = {}: nothing to do (raise trainer.total_steps to train further)",
+                    self.step, self.cfg.trainer.total_steps
+                ),
+            });
+        }
         let metrics_path = out.join("metrics.jsonl");
         while self.step < self.cfg.trainer.total_steps {
             let m = self.train_step()?;
