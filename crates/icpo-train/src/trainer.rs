@@ -571,7 +571,7 @@ impl Trainer {
             let m = self.train_step()?;
             crate::checkpoint::append_jsonl(&metrics_path, &m)?;
             let every = self.cfg.trainer.save_every;
-            if (every > 0 && self.step % every == 0) || self.step == self.cfg.trainer.total_steps {
+            if (every > 0 && self.step.is_multiple_of(every)) || self.step == self.cfg.trainer.total_steps {
                 self.save_checkpoint(&out)?;
             }
             on_step(self, &m)?;
