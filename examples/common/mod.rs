@@ -219,6 +219,8 @@ pub fn run(s: &Settings) -> Result<Report> {
             "data.train_path=\"(synthetic)\"".into(),
             "data.instruction=\"\"".into(),
             "data.max_prompt_tokens=1000".into(),
+            // The synthetic solutions are shorter than the authors' pool filter keeps.
+            "data.demo_min_solution_chars=0".into(),
             format!("algorithm.ief={}", name != "GRPO"),
             "rollout.demos=2".into(),
             format!("rollout.group_size={}", s.group_size),

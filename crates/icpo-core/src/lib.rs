@@ -19,4 +19,4 @@ pub use loss::{
     agg_weights, aggregate, ief_token, kl_token, policy_loss, ppo_token, KlEstimator, LossAggMode,
     LossConfig, LossInput, LossOutput, PolicyLoss, KL_CLAMP, LOG_RATIO_CLAMP,
 };
-pub use schedule::{shaped_reward, ShapingSchedule};
+pub use schedule::{shaped_reward, ShapingSchedule, DEFAULT_DECAY_STEPS};

@@ -54,15 +54,24 @@ pub enum LossAggMode {
     /// Mean over sequences of each sequence's token mean.
     #[serde(rename = "seq-mean-token-mean")]
     SeqMeanTokenMean,
-    /// Mean over sequences of each sequence's token sum divided by the padded width `T` (Dr.GRPO).
+    /// Mean over sequences of each sequence's token sum divided by a constant, the longest
+    /// response allowed ([`LossConfig::norm_length`]), as Dr.GRPO and verl: a per-batch width
+    /// would bring the length bias back.
     #[serde(rename = "seq-mean-token-sum-norm")]
     SeqMeanTokenSumNorm,
+    /// The authors' actor, for exact reproduction: each micro-batch's token mean divided by the
+    /// number of micro-batches of its mini-batch (verl's gradient accumulation), not the
+    /// mini-batch's exact token mean. Within one micro-batch it is `token-mean`; the trainer
+    /// applies the `1 / micro-batches` weight.
+    #[serde(rename = "token-mean-per-micro-batch")]
+    TokenMeanPerMicroBatch,
 }
 
 named_enum!(LossAggMode, "loss aggregation mode", [
     "token-mean" => LossAggMode::TokenMean,
     "seq-mean-token-mean" => LossAggMode::SeqMeanTokenMean,
     "seq-mean-token-sum-norm" => LossAggMode::SeqMeanTokenSumNorm,
+    "token-mean-per-micro-batch" => LossAggMode::TokenMeanPerMicroBatch,
 ]);
 
 /// Loss settings, with the spec's defaults (§5–6).
@@ -87,6 +96,13 @@ pub struct LossConfig {
     pub entropy_coef: f64,
     /// Aggregation of per-token values. Default token-mean.
     pub loss_agg_mode: LossAggMode,
+    /// The constant of `seq-mean-token-sum-norm` (token sums are divided by it). 0, the default,
+    /// stands for `rollout.max_new_tokens`, which the trainer fills in; the loss functions
+    /// themselves need it set when that mode is used.
+    pub norm_length: usize,
+    /// LUFFY's policy shaping on IEF tokens, `−A · p/(p + λ)`. False is LUFFY's `no_reshape`
+    /// ablation: the plain `−A · log π_θ`. Default true.
+    pub ief_reshape: bool,
 }
 
 impl Default for LossConfig {
@@ -101,6 +117,8 @@ impl Default for LossConfig {
             kl_coef: 0.001,
             entropy_coef: 0.0,
             loss_agg_mode: LossAggMode::TokenMean,
+            norm_length: 0,
+            ief_reshape: true,
         }
     }
 }
@@ -126,6 +144,20 @@ impl LossConfig {
         range("ief_lambda", self.ief_lambda, self.ief_lambda > 0.0, "must be > 0")?;
         range("kl_coef", self.kl_coef, self.kl_coef >= 0.0, "must be ≥ 0")?;
         range("entropy_coef", self.entropy_coef, self.entropy_coef >= 0.0, "must be ≥ 0")
+    }
+
+    /// [`LossConfig::validate`], and the constant `seq-mean-token-sum-norm` needs: what the
+    /// loss functions check before computing.
+    pub fn validate_for_loss(&self) -> Result<()> {
+        self.validate()?;
+        if self.loss_agg_mode == LossAggMode::SeqMeanTokenSumNorm && self.norm_length == 0 {
+            return Err(CoreError::OutOfRange {
+                field: "norm_length",
+                value: "0".into(),
+                message: "seq-mean-token-sum-norm divides by a constant: set it (the trainer uses rollout.max_new_tokens)",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -164,9 +196,10 @@ pub struct LossOutput {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// Weight of each token in an aggregated value, so that `agg = Σ w·v` (and `d agg / d v = w`).
-pub fn agg_weights(mask: &[Vec<bool>], mode: LossAggMode) -> Vec<Vec<f64>> {
-    let width = mask.iter().map(Vec::len).max().unwrap_or(0) as f64;
+/// Weight of each token in an aggregated value, so that `agg = Σ w·v` (and `d agg / d v = w`);
+/// `norm_length` is the constant of `seq-mean-token-sum-norm` (unused by the other modes).
+pub fn agg_weights(mask: &[Vec<bool>], mode: LossAggMode, norm_length: usize) -> Vec<Vec<f64>> {
+    let norm = norm_length as f64;
     let lens: Vec<usize> = mask.iter().map(|r| r.iter().filter(|&&m| m).count()).collect();
     let total: usize = lens.iter().sum();
     let nonempty = lens.iter().filter(|&&n| n > 0).count() as f64;
@@ -179,9 +212,11 @@ pub fn agg_weights(mask: &[Vec<bool>], mode: LossAggMode) -> Vec<Vec<f64>> {
                         return 0.0;
                     }
                     match mode {
-                        LossAggMode::TokenMean => 1.0 / total as f64,
+                        LossAggMode::TokenMean | LossAggMode::TokenMeanPerMicroBatch => {
+                            1.0 / total as f64
+                        }
                         LossAggMode::SeqMeanTokenMean => 1.0 / (n as f64 * nonempty),
-                        LossAggMode::SeqMeanTokenSumNorm => 1.0 / (width * nonempty),
+                        LossAggMode::SeqMeanTokenSumNorm => 1.0 / (norm * nonempty),
                     }
                 })
                 .collect()
@@ -190,18 +225,29 @@ pub fn agg_weights(mask: &[Vec<bool>], mode: LossAggMode) -> Vec<Vec<f64>> {
 }
 
 /// Aggregates per-token `values` over `mask` by `mode`; 0 when there are no tokens.
-pub fn aggregate(values: &[Vec<f64>], mask: &[Vec<bool>], mode: LossAggMode) -> f64 {
-    let w = agg_weights(mask, mode);
+pub fn aggregate(
+    values: &[Vec<f64>],
+    mask: &[Vec<bool>],
+    mode: LossAggMode,
+    norm_length: usize,
+) -> f64 {
+    let w = agg_weights(mask, mode, norm_length);
     values.iter().zip(&w).map(|(v, w)| v.iter().zip(w).map(|(a, b)| a * b).sum::<f64>()).sum()
 }
 
-/// Per-token KL estimate and its derivative w.r.t. `logp` (0 where the clamp is active).
+/// Per-token KL estimate and its derivative w.r.t. `logp` (0 where a clamp is active). For k3,
+/// `x = log π_ref − log π_θ` is clamped to ±20 before `exp` (as verl), so extreme log-probs
+/// give a finite value and gradient instead of ∞ and NaN.
 pub fn kl_token(logp: f64, ref_logp: f64, estimator: KlEstimator) -> (f64, f64) {
     let x = ref_logp - logp;
     let (v, d) = match estimator {
         KlEstimator::K1 => (-x, 1.0),
         KlEstimator::K2 => (0.5 * x * x, -x),
-        KlEstimator::K3 => (x.exp() - x - 1.0, 1.0 - x.exp()),
+        KlEstimator::K3 => {
+            let xc = x.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
+            let d = if x.abs() <= LOG_RATIO_CLAMP { 1.0 - xc.exp() } else { 0.0 };
+            (xc.exp() - xc - 1.0, d)
+        }
     };
     if v > KL_CLAMP {
         (KL_CLAMP, 0.0)
@@ -245,10 +291,14 @@ pub fn ppo_token(logp: f64, old_logp: f64, adv: f64, cfg: &LossConfig) -> (f64, 
     (loss, grad, clipped)
 }
 
-/// IEF token: `(loss, d loss / d logp, p)` of `−A · p / (p + λ)` with `p = exp(clamp(logp))`.
-pub fn ief_token(logp: f64, adv: f64, lambda: f64) -> (f64, f64, f64) {
+/// IEF token: `(loss, d loss / d logp, p)` of `−A · p / (p + λ)` with `p = exp(clamp(logp))`,
+/// or of the plain `−A · log π_θ` when `reshape` is false (LUFFY's `no_reshape`).
+pub fn ief_token(logp: f64, adv: f64, lambda: f64, reshape: bool) -> (f64, f64, f64) {
     let inside = logp.abs() <= LOG_RATIO_CLAMP;
     let p = logp.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp();
+    if !reshape {
+        return (-adv * logp, -adv, p);
+    }
     let loss = -adv * p / (p + lambda);
     // d/dlogp [p/(p+λ)] = λ p / (p+λ)².
     let grad = if inside { -adv * lambda * p / ((p + lambda) * (p + lambda)) } else { 0.0 };
@@ -267,7 +317,7 @@ fn check_shape(name: &str, rows: &[Vec<f64>], mask: &[Vec<bool>]) -> Result<()> 
 
 /// The mixed-policy loss of §5 with its metrics and its analytic gradient w.r.t. `logp`.
 pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput> {
-    cfg.validate()?;
+    cfg.validate_for_loss()?;
     let mask = input.mask;
     let b = mask.len();
     check_shape("logp", input.logp, mask)?;
@@ -282,7 +332,7 @@ pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput
     check_finite_2d("logp", input.logp)?;
     check_finite_2d("old_logp", input.old_logp)?;
     check_finite("advantages", input.advantages)?;
-    let weights = agg_weights(mask, cfg.loss_agg_mode);
+    let weights = agg_weights(mask, cfg.loss_agg_mode, cfg.norm_length);
     let mut grad = vec![Vec::new(); b];
     let mut pg_loss = 0.0;
     let (mut clipped, mut on_tokens, mut ppo_kl) = (0.0, 0.0, 0.0);
@@ -295,7 +345,12 @@ pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput
             }
             let w = weights[i][t];
             let (l, d) = if input.is_ief[i] {
-                let (l, d, p) = ief_token(input.logp[i][t], input.advantages[i], cfg.ief_lambda);
+                let (l, d, p) = ief_token(
+                    input.logp[i][t],
+                    input.advantages[i],
+                    cfg.ief_lambda,
+                    cfg.ief_reshape,
+                );
                 ief_p += p;
                 ief_tokens += 1.0;
                 (l, d)
@@ -343,7 +398,7 @@ pub fn policy_loss(input: &LossInput<'_>, cfg: &LossConfig) -> Result<LossOutput
     if let Some(entropy) = input.entropy {
         check_shape("entropy", entropy, mask)?;
         check_finite_2d("entropy", entropy)?;
-        let e = aggregate(entropy, mask, cfg.loss_agg_mode);
+        let e = aggregate(entropy, mask, cfg.loss_agg_mode, cfg.norm_length);
         metrics.insert("actor/entropy".into(), e);
         loss -= cfg.entropy_coef * e;
     } else if cfg.entropy_coef > 0.0 {

@@ -15,17 +15,38 @@ pub enum ShapingSchedule {
     Cosine,
     /// `γ(t) = 1` (the authors' released code in effect, where `t` never advanced).
     Constant,
+    /// `γ(t) = exp(−t / τ)`, τ = `algorithm.shaping_decay_steps` (the `exp` method of the
+    /// authors' `decay_by_step`, whose default τ is 12 steps).
+    Exponential,
 }
+
+/// The authors' default time constant τ of the exponential schedule, in steps.
+pub const DEFAULT_DECAY_STEPS: f64 = 12.0;
 
 named_enum!(ShapingSchedule, "shaping schedule", [
     "linear" => ShapingSchedule::Linear,
     "cosine" => ShapingSchedule::Cosine,
     "constant" => ShapingSchedule::Constant,
+    "exponential" => ShapingSchedule::Exponential,
 ]);
 
 impl ShapingSchedule {
-    /// γ at step `t` (0-based) of `total` training steps; `total` must be positive.
+    /// γ at step `t` (0-based) of `total` training steps; `total` must be positive. The
+    /// exponential schedule uses [`DEFAULT_DECAY_STEPS`]; see [`ShapingSchedule::gamma_with`].
     pub fn gamma(self, t: u64, total: u64) -> Result<f64> {
+        self.gamma_with(t, total, DEFAULT_DECAY_STEPS)
+    }
+
+    /// [`ShapingSchedule::gamma`] with the exponential schedule's time constant `decay_steps`
+    /// (τ > 0, in steps).
+    pub fn gamma_with(self, t: u64, total: u64, decay_steps: f64) -> Result<f64> {
+        if !(decay_steps > 0.0 && decay_steps.is_finite()) {
+            return Err(CoreError::OutOfRange {
+                field: "shaping_decay_steps",
+                value: decay_steps.to_string(),
+                message: "must be > 0",
+            });
+        }
         if total == 0 {
             return Err(CoreError::OutOfRange {
                 field: "total_steps",
@@ -38,12 +59,15 @@ impl ShapingSchedule {
             ShapingSchedule::Linear => (1.0 - frac).max(0.0),
             ShapingSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * frac.min(1.0)).cos()),
             ShapingSchedule::Constant => 1.0,
+            ShapingSchedule::Exponential => (-(t as f64) / decay_steps).exp(),
         })
     }
 }
 
-/// The reward of a trajectory after shaping (§3): accepted IEF trajectories get `α · γ(t)` added
-/// when shaping is on; every other trajectory keeps its verifier reward.
+/// The reward of a trajectory after shaping (§3): accepted IEF trajectories whose verifier reward
+/// is 1 (correct) get `α · γ(t)` added when shaping is on; every other trajectory keeps its
+/// reward. With ERRS off a wrong IEF answer is accepted too, but gets no bonus (the authors'
+/// reward gives it only to correct answers).
 pub fn shaped_reward(
     reward: f64,
     accepted_ief: bool,
@@ -51,7 +75,7 @@ pub fn shaped_reward(
     alpha: f64,
     gamma: f64,
 ) -> f64 {
-    if accepted_ief && shaping {
+    if accepted_ief && shaping && reward >= 1.0 {
         reward + alpha * gamma
     } else {
         reward
@@ -83,6 +107,12 @@ mod tests {
         assert_eq!(s.gamma(20, 10).unwrap(), s.gamma(10, 10).unwrap());
         assert_eq!(ShapingSchedule::Constant.gamma(399, 400).unwrap(), 1.0);
         assert!(s.gamma(1, 0).is_err());
+        // The authors' `decay_by_step(t, "exp", alpha = τ)`: exp(−t/τ).
+        let e = ShapingSchedule::Exponential;
+        assert_eq!(e.gamma(0, 400).unwrap(), 1.0);
+        assert!((e.gamma(12, 400).unwrap() - (-1.0f64).exp()).abs() < 1e-15);
+        assert!((e.gamma_with(30, 400, 60.0).unwrap() - (-0.5f64).exp()).abs() < 1e-15);
+        assert!(e.gamma_with(1, 400, 0.0).is_err());
     }
 
     #[test]
@@ -101,5 +131,8 @@ mod tests {
         assert_eq!(shaped_reward(1.0, true, true, 1.0, 0.25), 1.25);
         assert_eq!(shaped_reward(1.0, false, true, 1.0, 0.25), 1.0);
         assert_eq!(shaped_reward(1.0, true, false, 1.0, 0.25), 1.0);
+        // A wrong IEF answer (accepted with ERRS off) gets no bonus.
+        assert_eq!(shaped_reward(0.0, true, true, 1.0, 0.25), 0.0);
+        assert_eq!(shaped_reward(0.5, true, true, 1.0, 0.25), 0.5);
     }
 }

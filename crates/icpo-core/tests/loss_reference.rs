@@ -37,11 +37,14 @@ fn ppo_token_cases_by_hand() {
 #[test]
 fn ief_token_by_hand() {
     // p = 0.5, λ = 0.1: L = −A·0.5/0.6, dL/dlogp = −A·λp/(p+λ)² = −A·0.05/0.36.
-    let (l, d, p) = ief_token(0.5f64.ln(), 2.0, 0.1);
+    let (l, d, p) = ief_token(0.5f64.ln(), 2.0, 0.1, true);
     assert!(close(p, 0.5) && close(l, -2.0 * 0.5 / 0.6) && close(d, -2.0 * 0.05 / 0.36));
     // Low-probability tokens get a larger push per unit of log-prob than p itself would give.
-    let (_, d_low, _) = ief_token(0.01f64.ln(), 1.0, 0.1);
+    let (_, d_low, _) = ief_token(0.01f64.ln(), 1.0, 0.1, true);
     assert!(-d_low > 0.01);
+    // LUFFY's no_reshape: the plain −A·log π_θ, gradient −A.
+    let (l, d, _) = ief_token(0.5f64.ln(), 2.0, 0.1, false);
+    assert!(close(l, -2.0 * 0.5f64.ln()) && close(d, -2.0));
 }
 
 #[test]
@@ -51,20 +54,31 @@ fn kl_estimators_by_hand() {
     assert!(close(kl_token(lp, rp, KlEstimator::K2).0, 0.125));
     assert!(close(kl_token(lp, rp, KlEstimator::K3).0, (-0.5f64).exp() + 0.5 - 1.0));
     assert_eq!(kl_token(-30.0, 0.0, KlEstimator::K3), (KL_CLAMP, 0.0));
+    // x far past exp's range: clamped to ±20 first (as verl), so value and gradient are finite.
+    for (lp, rp) in [(-1000.0, 0.0), (0.0, -1000.0), (-1e300, -1.0), (-90.0, -0.1)] {
+        let (v, d) = kl_token(lp, rp, KlEstimator::K3);
+        assert!(v.is_finite() && d.is_finite(), "{lp} {rp}: {v} {d}");
+    }
+    // Below the clamp: (e^-20 + 20 − 1) — finite, and clamped to the ±10 KL bound.
+    assert_eq!(kl_token(0.0, -1000.0, KlEstimator::K3), (KL_CLAMP, 0.0));
 }
 
 #[test]
 fn aggregation_modes_by_hand() {
     let v = vec![vec![1.0, 2.0, 3.0], vec![4.0, 0.0, 0.0], vec![9.0, 9.0, 9.0]];
     let m = vec![vec![true, true, true], vec![true, false, false], vec![false, false, false]];
-    assert!(close(aggregate(&v, &m, LossAggMode::TokenMean), 10.0 / 4.0));
-    assert!(close(aggregate(&v, &m, LossAggMode::SeqMeanTokenMean), (2.0 + 4.0) / 2.0));
-    assert!(close(
-        aggregate(&v, &m, LossAggMode::SeqMeanTokenSumNorm),
-        (6.0 / 3.0 + 4.0 / 3.0) / 2.0
-    ));
+    assert!(close(aggregate(&v, &m, LossAggMode::TokenMean, 0), 10.0 / 4.0));
+    assert!(close(aggregate(&v, &m, LossAggMode::TokenMeanPerMicroBatch, 0), 10.0 / 4.0));
+    assert!(close(aggregate(&v, &m, LossAggMode::SeqMeanTokenMean, 0), (2.0 + 4.0) / 2.0));
+    // Dr.GRPO: token sums over a constant (the longest response allowed, here 8), not the
+    // batch's padded width (3): padding the batch wider changes nothing.
+    let sum_norm = (6.0 / 8.0 + 4.0 / 8.0) / 2.0;
+    assert!(close(aggregate(&v, &m, LossAggMode::SeqMeanTokenSumNorm, 8), sum_norm));
+    let wide_v: Vec<Vec<f64>> = v.iter().map(|r| [r.clone(), vec![0.0; 4]].concat()).collect();
+    let wide_m: Vec<Vec<bool>> = m.iter().map(|r| [r.clone(), vec![false; 4]].concat()).collect();
+    assert!(close(aggregate(&wide_v, &wide_m, LossAggMode::SeqMeanTokenSumNorm, 8), sum_norm));
     let empty = vec![vec![false; 3]];
-    assert_eq!(aggregate(&v[..1], &empty, LossAggMode::TokenMean), 0.0);
+    assert_eq!(aggregate(&v[..1], &empty, LossAggMode::TokenMean, 0), 0.0);
 }
 
 type Rows = Vec<Vec<f64>>;
@@ -107,6 +121,7 @@ fn analytic_gradient_matches_finite_differences() {
                 loss_agg_mode: mode,
                 kl_estimator: est,
                 kl_coef: 0.3,
+                norm_length: 6,
                 ..Default::default()
             };
             let loss_at = |lp: &Vec<Vec<f64>>| {

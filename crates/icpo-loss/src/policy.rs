@@ -44,7 +44,8 @@ pub struct LossOutput {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// Per-token KL estimate of §5, clamped to ±10.
+/// Per-token KL estimate of §5, clamped to ±10; for k3, `x = log π_ref − log π_θ` is clamped
+/// to ±20 before `exp` (as verl), so extreme log-probs never give ∞ and a NaN gradient.
 ///
 /// # Shapes
 /// - `logp`, `ref_logp`: `(batch, response_len)`; result likewise
@@ -53,7 +54,10 @@ pub fn kl_penalty(logp: &Tensor, ref_logp: &Tensor, estimator: KlEstimator) -> R
     let kl = match estimator {
         KlEstimator::K1 => x.f_neg()?,
         KlEstimator::K2 => x.f_square()?.f_mul_scalar(0.5)?,
-        KlEstimator::K3 => x.f_exp()?.f_sub(&x)?.f_sub_scalar(1.0)?,
+        KlEstimator::K3 => {
+            let x = x.f_clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?;
+            x.f_exp()?.f_sub(&x)?.f_sub_scalar(1.0)?
+        }
     };
     Ok(kl.f_clamp(-KL_CLAMP, KL_CLAMP)?)
 }
@@ -81,7 +85,7 @@ fn clean(name: &'static str, t: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// The mixed-policy loss: PPO clip (with dual clip) on on-policy tokens, `−A·p/(p+λ)` on IEF
 /// tokens, plus the KL and entropy terms, aggregated by `cfg.loss_agg_mode`.
 pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutput> {
-    cfg.validate()?;
+    cfg.validate_for_loss()?;
     let shape = inputs.logp.size();
     if shape.len() != 2 {
         return Err(LossError::Shape(format!(
@@ -131,11 +135,15 @@ pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutp
             clip2.f_where_self(&adv.f_lt(0.0)?, &clip1)?
         }
     };
-    // IEF tokens: LUFFY's policy shaping, no ratio.
+    // IEF tokens: LUFFY's policy shaping, no ratio (or its `no_reshape` ablation, −A·log π).
     let p = logp.f_clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)?.f_exp()?;
-    let ief_loss = neg_adv.f_mul(&p.f_div(&p.f_add_scalar(cfg.ief_lambda)?)?)?;
+    let ief_loss = if cfg.ief_reshape {
+        neg_adv.f_mul(&p.f_div(&p.f_add_scalar(cfg.ief_lambda)?)?)?
+    } else {
+        neg_adv.f_mul(&logp)?
+    };
     let token_loss = ief_loss.f_where_self(&ief, &on_loss)?;
-    let pg_loss = aggregate(&token_loss, &mask, cfg.loss_agg_mode)?;
+    let pg_loss = aggregate(&token_loss, &mask, cfg.loss_agg_mode, cfg.norm_length)?;
 
     let mut metrics = BTreeMap::new();
     let mut loss = pg_loss.shallow_clone();
@@ -154,8 +162,12 @@ pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutp
             .ok_or_else(|| LossError::Shape("kl_coef > 0 needs `ref_logp`".into()))?;
         check_2d("ref_logp", ref_logp, &shape)?;
         let ref_logp = clean("ref_logp", ref_logp, &bool_mask)?;
-        let kl =
-            aggregate(&kl_penalty(&logp, &ref_logp, cfg.kl_estimator)?, &mask, cfg.loss_agg_mode)?;
+        let kl = aggregate(
+            &kl_penalty(&logp, &ref_logp, cfg.kl_estimator)?,
+            &mask,
+            cfg.loss_agg_mode,
+            cfg.norm_length,
+        )?;
         metrics.insert("actor/kl".into(), tch::no_grad(|| scalar(&kl))?);
         loss = loss.f_add(&kl.f_mul_scalar(cfg.kl_coef)?)?;
     }
@@ -163,7 +175,7 @@ pub fn policy_loss(inputs: &LossInputs<'_>, cfg: &LossConfig) -> Result<LossOutp
         Some(entropy) => {
             check_2d("entropy", entropy, &shape)?;
             let entropy = clean("entropy", entropy, &bool_mask)?;
-            let e = aggregate(&entropy, &mask, cfg.loss_agg_mode)?;
+            let e = aggregate(&entropy, &mask, cfg.loss_agg_mode, cfg.norm_length)?;
             metrics.insert("actor/entropy".into(), tch::no_grad(|| scalar(&e))?);
             if cfg.entropy_coef > 0.0 {
                 loss = loss.f_sub(&e.f_mul_scalar(cfg.entropy_coef)?)?;

@@ -37,6 +37,9 @@ fn config(c: &serde_json::Value) -> LossConfig {
         kl_coef: c["beta"].as_f64().unwrap(),
         entropy_coef: 0.0,
         loss_agg_mode: c["mode"].as_str().unwrap().parse::<LossAggMode>().unwrap(),
+        // The goldens divide seq-mean-token-sum-norm's sums by the batch's width; set per case.
+        norm_length: 0,
+        ief_reshape: true,
     }
 }
 
@@ -54,7 +57,8 @@ fn loss_and_gradient_match_the_pytorch_transcription() {
     assert_eq!(configs.len(), 6);
     for (k, c) in configs.iter().enumerate() {
         let get = |n: &str| g[&format!("c{k}_{n}")].shallow_clone();
-        let cfg = config(c);
+        // The transcription divides Dr.GRPO's sums by its batch width T: the same constant here.
+        let cfg = LossConfig { norm_length: get("mask").size()[1] as usize, ..config(c) };
         let want_loss = get("loss").double_value(&[0]);
         let want_grad = get("grad");
 

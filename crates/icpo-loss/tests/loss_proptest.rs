@@ -105,20 +105,28 @@ fn config() -> impl Strategy<Value = LossConfig> {
         prop_oneof![
             Just(LossAggMode::TokenMean),
             Just(LossAggMode::SeqMeanTokenMean),
-            Just(LossAggMode::SeqMeanTokenSumNorm)
+            Just(LossAggMode::SeqMeanTokenSumNorm),
+            Just(LossAggMode::TokenMeanPerMicroBatch)
         ],
+        (1usize..20, any::<bool>()),
     )
-        .prop_map(|(policy_loss, lo, hi, c, lam, kl, beta, ent, mode)| LossConfig {
-            policy_loss,
-            clip_ratio_low: lo,
-            clip_ratio_high: hi,
-            clip_ratio_c: c,
-            ief_lambda: lam,
-            kl_estimator: kl,
-            kl_coef: beta,
-            entropy_coef: ent,
-            loss_agg_mode: mode,
-        })
+        .prop_map(
+            |(policy_loss, lo, hi, c, lam, kl, beta, ent, mode, (norm_length, ief_reshape))| {
+                LossConfig {
+                    policy_loss,
+                    clip_ratio_low: lo,
+                    clip_ratio_high: hi,
+                    clip_ratio_c: c,
+                    ief_lambda: lam,
+                    kl_estimator: kl,
+                    kl_coef: beta,
+                    entropy_coef: ent,
+                    loss_agg_mode: mode,
+                    norm_length,
+                    ief_reshape,
+                }
+            },
+        )
 }
 
 fn problem() -> impl Strategy<Value = LossProblem> {

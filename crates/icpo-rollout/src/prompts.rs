@@ -78,6 +78,18 @@ impl DemoPool {
         Ok(DemoPool { demos })
     }
 
+    /// Drops demonstrations whose solution is shorter than `min_solution_chars` characters or,
+    /// with `drop_urls`, holds a URL (`http:` / `https:`), as the authors clean their pool;
+    /// returns how many were dropped.
+    pub fn retain_clean(&mut self, min_solution_chars: usize, drop_urls: bool) -> usize {
+        let before = self.demos.len();
+        self.demos.retain(|d| {
+            d.solution.chars().count() >= min_solution_chars
+                && !(drop_urls && (d.solution.contains("https:") || d.solution.contains("http:")))
+        });
+        before - self.demos.len()
+    }
+
     /// Number of demonstrations.
     pub fn len(&self) -> usize {
         self.demos.len()
@@ -90,8 +102,11 @@ impl DemoPool {
 
     /// Draws `k` distinct demonstrations uniformly, never one whose problem is `query` itself.
     pub fn draw<R: Rng + ?Sized>(&self, k: usize, query: &str, rng: &mut R) -> Result<Vec<&Demo>> {
+        // The query itself is never its own demonstration, however its whitespace differs.
+        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let query = norm(query);
         let eligible: Vec<&Demo> =
-            self.demos.iter().filter(|d| d.problem.trim() != query.trim()).collect();
+            self.demos.iter().filter(|d| norm(&d.problem) != query).collect();
         if eligible.len() < k {
             return Err(RolloutError::Input(format!(
                 "demo pool has {} eligible demonstrations, {k} requested",

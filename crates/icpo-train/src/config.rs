@@ -69,6 +69,13 @@ pub struct DataSection {
     /// Benchmarks (JSONL `problem`, `answer`) evaluated every `trainer.eval_every` steps.
     /// Default none.
     pub eval_paths: Vec<String>,
+    /// Demonstrations whose solution is shorter than this many characters are dropped from
+    /// the pool. Default 58, the authors' threshold (the length of their shortest kept form,
+    /// "Answer: -27 . Instructions. Exact answer: $4 \sqrt{5}-36$."); 0 keeps all.
+    pub demo_min_solution_chars: usize,
+    /// Demonstrations whose solution holds a URL (`http:`/`https:`) are dropped, as the
+    /// authors do. Default true.
+    pub demo_drop_urls: bool,
 }
 
 impl Default for DataSection {
@@ -81,6 +88,8 @@ impl Default for DataSection {
             max_prompt_tokens: 4096,
             shuffle: true,
             eval_paths: Vec::new(),
+            demo_min_solution_chars: 58,
+            demo_drop_urls: true,
         }
     }
 }
@@ -138,8 +147,11 @@ pub struct AlgorithmSection {
     pub shaping: bool,
     /// α of the bonus. Default 1.0.
     pub shaping_alpha: f64,
-    /// γ(t) schedule: linear, cosine or constant. Default linear.
+    /// γ(t) schedule: linear, cosine, constant or exponential. Default linear.
     pub shaping_schedule: ShapingSchedule,
+    /// τ of the exponential schedule, `γ(t) = exp(−t/τ)`, in steps. Default 12 (the authors'
+    /// `decay_by_step` default).
+    pub shaping_decay_steps: f64,
     /// Advantage estimator. Default grpo.
     pub advantage: AdvantageEstimator,
     /// ε of the std normalisation. Default 1e-6.
@@ -154,6 +166,7 @@ impl Default for AlgorithmSection {
             shaping: true,
             shaping_alpha: 1.0,
             shaping_schedule: ShapingSchedule::Linear,
+            shaping_decay_steps: icpo_core::DEFAULT_DECAY_STEPS,
             advantage: AdvantageEstimator::Grpo,
             epsilon: 1e-6,
         }
@@ -410,6 +423,11 @@ impl TrainConfig {
                 self.algorithm.shaping_alpha >= 0.0,
             ),
             ("algorithm.epsilon", self.algorithm.epsilon, self.algorithm.epsilon >= 0.0),
+            (
+                "algorithm.shaping_decay_steps",
+                self.algorithm.shaping_decay_steps,
+                self.algorithm.shaping_decay_steps > 0.0,
+            ),
             ("algorithm.errs.delta", self.algorithm.errs.delta, true),
         ] {
             if !(v.is_finite() && ok) {

@@ -64,6 +64,25 @@ pub struct Trainer {
     /// Problems dropped at construction because their prompt is longer than
     /// `data.max_prompt_tokens`.
     pub dropped_overlong: usize,
+    /// Demonstrations dropped from the pool at construction (too short, or holding a URL).
+    pub demos_dropped: usize,
+}
+
+/// The weight of one micro-batch's aggregated loss in its mini-batch's update, so that the
+/// accumulated gradients are the mini-batch's aggregate: its share of the tokens (token-mean)
+/// or of the non-empty sequences (sequence means); for `token-mean-per-micro-batch`, the
+/// authors' `1 / micro-batches` (verl's gradient accumulation).
+pub(crate) fn micro_batch_weight(
+    mode: LossAggMode,
+    (tokens, seqs): (usize, usize),
+    (mb_tokens, mb_seqs): (usize, usize),
+    n_micro: usize,
+) -> f64 {
+    match mode {
+        LossAggMode::TokenMean => tokens as f64 / mb_tokens.max(1) as f64,
+        LossAggMode::TokenMeanPerMicroBatch => 1.0 / n_micro.max(1) as f64,
+        _ => seqs as f64 / mb_seqs.max(1) as f64,
+    }
 }
 
 fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
@@ -99,12 +118,18 @@ impl Trainer {
                 message: "IEF needs a demo pool".into(),
             });
         }
+        let mut demos = demos;
+        let mut demos_dropped = 0;
+        if let Some(pool) = demos.as_mut() {
+            demos_dropped =
+                pool.retain_clean(cfg.data.demo_min_solution_chars, cfg.data.demo_drop_urls);
+        }
         if let Some(pool) = demos.as_ref().filter(|_| cfg.algorithm.ief) {
             if pool.len() < cfg.rollout.demos {
                 return Err(TrainError::Config {
                     key: "rollout.demos".into(),
                     message: format!(
-                        "{} demonstrations per IEF prompt, but the demo pool ({}) holds only {}",
+                        "{} demonstrations per IEF prompt, but the demo pool ({}) holds only {} ({demos_dropped} dropped by data.demo_min_solution_chars / data.demo_drop_urls)",
                         cfg.rollout.demos,
                         if cfg.data.demo_pool_path.is_empty() {
                             "in memory"
@@ -159,6 +184,7 @@ impl Trainer {
             run_dir: None,
             resumed: false,
             dropped_overlong,
+            demos_dropped,
         })
     }
 
@@ -315,7 +341,11 @@ impl Trainer {
         let score_s = t_score.elapsed().as_secs_f64();
 
         // Phase 4: ERRS, shaping with this step's γ(t), group advantages.
-        let gamma = cfg.algorithm.shaping_schedule.gamma(self.step, cfg.trainer.total_steps)?;
+        let gamma = cfg.algorithm.shaping_schedule.gamma_with(
+            self.step,
+            cfg.trainer.total_steps,
+            cfg.algorithm.shaping_decay_steps,
+        )?;
         let mut trajs: Vec<Trajectory> = Vec::new();
         let mut accepted = 0usize;
         for (p, prompt) in plain.iter().enumerate() {
@@ -402,7 +432,12 @@ impl Trainer {
             }
         }
 
-        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs.
+        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs. Dr.GRPO's
+        // constant defaults to the longest response allowed.
+        let mut loss_cfg = cfg.loss;
+        if loss_cfg.norm_length == 0 {
+            loss_cfg.norm_length = cfg.rollout.max_new_tokens;
+        }
         let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
         let updates_per_step = (cfg.optim.ppo_epochs * trajs.len().div_ceil(mini)) as u64;
         let total_updates = updates_per_step * cfg.trainer.total_steps;
@@ -413,6 +448,7 @@ impl Trainer {
             let mut order: Vec<usize> = (0..trajs.len()).collect();
             order.shuffle(&mut rng);
             for mb in order.chunks(mini) {
+                let n_micro = mb.len().div_ceil(micro);
                 let mb_tokens: usize = mb.iter().map(|&i| trajs[i].response.len()).sum();
                 let mb_seqs = mb.iter().filter(|&&i| !trajs[i].response.is_empty()).count();
                 let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
@@ -435,7 +471,7 @@ impl Trainer {
                         response_mask: &b.response_mask,
                         is_ief: &b.is_ief,
                     };
-                    let loss = match policy_loss(&inputs, &cfg.loss) {
+                    let loss = match policy_loss(&inputs, &loss_cfg) {
                         Ok(l) => l,
                         // NaN/∞ log-probs from the policy: a non-finite update, not a crash.
                         Err(icpo_loss::LossError::NonFinite(_)) => {
@@ -444,11 +480,12 @@ impl Trainer {
                         }
                         Err(e) => return Err(e.into()),
                     };
-                    // Weight so that accumulated micro-batches equal the mini-batch's aggregate.
-                    let w = match cfg.loss.loss_agg_mode {
-                        LossAggMode::TokenMean => b.tokens as f64 / mb_tokens.max(1) as f64,
-                        _ => b.nonempty as f64 / mb_seqs.max(1) as f64,
-                    };
+                    let w = micro_batch_weight(
+                        loss_cfg.loss_agg_mode,
+                        (b.tokens, b.nonempty),
+                        (mb_tokens, mb_seqs),
+                        n_micro,
+                    );
                     let value = loss.loss.f_double_value(&[])?;
                     if !value.is_finite() {
                         finite = false;
@@ -571,7 +608,9 @@ impl Trainer {
             let m = self.train_step()?;
             crate::checkpoint::append_jsonl(&metrics_path, &m)?;
             let every = self.cfg.trainer.save_every;
-            if (every > 0 && self.step.is_multiple_of(every)) || self.step == self.cfg.trainer.total_steps {
+            if (every > 0 && self.step.is_multiple_of(every))
+                || self.step == self.cfg.trainer.total_steps
+            {
                 self.save_checkpoint(&out)?;
             }
             on_step(self, &m)?;
@@ -582,5 +621,57 @@ impl Trainer {
     /// The checkpoint directory name of the current step.
     pub fn checkpoint_name(&self) -> String {
         format!("step_{:06}", self.step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `token-mean-per-micro-batch` against a transcription of the authors' actor (verl's
+    /// `dp_actor`): per micro-batch `loss = agg_loss(token-mean) / gradient_accumulation`,
+    /// `gradient_accumulation = mini_batch_size / micro_batch_size`; and `token-mean` against
+    /// the mini-batch's exact token mean.
+    #[test]
+    fn micro_batch_weights_match_the_transcriptions() {
+        // A mini-batch of 6 sequences in micro-batches of 2, with per-token losses.
+        let seqs: Vec<Vec<f64>> = vec![
+            vec![1.0, 2.0, 3.0],
+            vec![4.0],
+            vec![0.5, 0.5],
+            vec![],
+            vec![7.0, 1.0, 1.0, 1.0],
+            vec![2.0],
+        ];
+        let (mini, micro) = (6usize, 2usize);
+        let micro_batches: Vec<&[Vec<f64>]> = seqs.chunks(micro).collect();
+        let token_mean = |mb: &[Vec<f64>]| {
+            let n: usize = mb.iter().map(Vec::len).sum();
+            mb.iter().flatten().sum::<f64>() / n.max(1) as f64
+        };
+        let mb_tokens: usize = seqs.iter().map(Vec::len).sum();
+        let mb_seqs = seqs.iter().filter(|s| !s.is_empty()).count();
+        let weighted = |mode| -> f64 {
+            micro_batches
+                .iter()
+                .map(|mb| {
+                    let tokens = mb.iter().map(Vec::len).sum();
+                    let nonempty = mb.iter().filter(|s| !s.is_empty()).count();
+                    micro_batch_weight(
+                        mode,
+                        (tokens, nonempty),
+                        (mb_tokens, mb_seqs),
+                        micro_batches.len(),
+                    ) * token_mean(mb)
+                })
+                .sum()
+        };
+        let gradient_accumulation = (mini / micro) as f64;
+        let authors: f64 =
+            micro_batches.iter().map(|mb| token_mean(mb) / gradient_accumulation).sum();
+        assert!((weighted(LossAggMode::TokenMeanPerMicroBatch) - authors).abs() < 1e-12);
+        let exact = seqs.iter().flatten().sum::<f64>() / mb_tokens as f64;
+        assert!((weighted(LossAggMode::TokenMean) - exact).abs() < 1e-12);
+        assert!((authors - exact).abs() > 0.1, "the two really differ on unequal lengths");
     }
 }

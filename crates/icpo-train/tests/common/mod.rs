@@ -38,6 +38,8 @@ pub fn config(out: &str, overrides: &[&str]) -> TrainConfig {
         "optim.weight_decay=0.0".into(),
         "loss.kl_coef=0.0".into(),
         "data.max_prompt_tokens=400".into(),
+        // The toy demonstrations are shorter than the authors' pool filter keeps.
+        "data.demo_min_solution_chars=0".into(),
     ];
     o.extend(overrides.iter().map(|s| s.to_string()));
     TrainConfig::load(None, &o).unwrap()
