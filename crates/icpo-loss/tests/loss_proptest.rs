@@ -216,3 +216,33 @@ fn non_finite_inputs_are_errors_and_padding_is_ignored() {
     let e = policy_loss(&LossInputs { advantages: &nan_adv, ..ok }, &cfg).unwrap_err().to_string();
     assert!(e.contains("advantages"), "{e}");
 }
+
+/// k3 KL with log-probs far apart (x = log π_ref − log π_θ ≈ 100, past exp's f32 range): the
+/// loss and its gradient stay finite, as verl's ±20 clamp of x before `exp` makes them.
+#[test]
+fn k3_kl_stays_finite_on_extreme_logprobs() {
+    for kind in [Kind::Float, Kind::Double] {
+        let logp = Tensor::from_slice2(&[[-100.0f64, -0.1], [-0.2, -95.0]])
+            .to_kind(kind)
+            .set_requires_grad(true);
+        let refp = Tensor::from_slice2(&[[-0.01f64, -0.1], [-120.0, -0.5]]).to_kind(kind);
+        let mask = Tensor::from_slice2(&[[1i64, 1], [1, 1]]);
+        let adv = Tensor::from_slice(&[1.0f64, -1.0]).to_kind(kind);
+        let ief = Tensor::from_slice(&[0i64, 1]);
+        let cfg = LossConfig { kl_coef: 0.5, ..Default::default() };
+        let inputs = LossInputs {
+            logp: &logp,
+            old_logp: &logp.detach(),
+            ref_logp: Some(&refp),
+            entropy: None,
+            advantages: &adv,
+            response_mask: &mask,
+            is_ief: &ief,
+        };
+        let out = policy_loss(&inputs, &cfg).unwrap();
+        assert!(out.loss.double_value(&[]).is_finite() && out.metrics["actor/kl"].is_finite());
+        out.loss.backward();
+        let finite = logp.grad().isfinite().all().int64_value(&[]);
+        assert_eq!(finite, 1, "{kind:?}: gradient {:?}", logp.grad());
+    }
+}

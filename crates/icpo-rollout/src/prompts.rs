@@ -154,7 +154,19 @@ impl<'a> PromptBuilder<'a> {
 
     /// The plain prompt's text: `x(q)`.
     pub fn plain_text(&self, problem: &str) -> Result<String> {
-        self.render(&format!("{problem} {}", self.instruction))
+        self.render(&self.user_message(problem))
+    }
+
+    /// The user message of the plain prompt: the problem, a space and the instruction, as the
+    /// authors' data script builds it (`content + " " + instruction`). A problem that already
+    /// ends with the instruction (a data set prepared by that script) does not get it twice.
+    pub fn user_message(&self, problem: &str) -> String {
+        let instruction = self.instruction.trim();
+        if !instruction.is_empty() && problem.trim_end().ends_with(instruction) {
+            problem.to_string()
+        } else {
+            format!("{problem} {}", self.instruction)
+        }
     }
 
     /// The plain prompt's token ids.
@@ -185,7 +197,7 @@ impl<'a> PromptBuilder<'a> {
     /// middle of the demonstrations (a `...` line marks the cut), keeping their start and end.
     pub fn in_context(&self, problem: &str, demos: &[&Demo]) -> Result<Vec<i64>> {
         const SENTINEL: &str = "\u{1}ICPO_DEMOS\u{1}";
-        let query = format!("{problem} {}", self.instruction);
+        let query = self.user_message(problem);
         let full = self.render(&format!("{}{query}", Self::demo_block(demos)))?;
         let ids = self.tokenizer.encode(&full, false)?;
         if ids.len() <= self.max_prompt_tokens {

@@ -296,3 +296,30 @@ fn demo_pool_reads_math_train_and_names_bad_lines() {
     let e = DemoPool::from_jsonl(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.jsonl:3") && e.contains("solution"), "{e}");
 }
+
+/// The demo pool's hygiene: too-short solutions and URLs dropped (the authors' filters), and
+/// the query never drawn as its own demonstration even when its whitespace differs.
+#[test]
+fn demo_pool_hygiene() {
+    use icpo_rollout::{Demo, DemoPool};
+    let demo = |id: &str, problem: &str, solution: &str| Demo {
+        id: id.into(),
+        problem: problem.into(),
+        solution: solution.into(),
+    };
+    let long = "Adding the two numbers gives 4, so the answer is \\boxed{4} indeed.";
+    let mut pool = DemoPool::new(vec![
+        demo("a", "What is  2+2?\n", long),
+        demo("b", "Short one.", "4"),
+        demo("c", "With a link.", &format!("{long} See https://example.org/x")),
+        demo("d", "Another.", long),
+    ]);
+    assert_eq!(pool.retain_clean(58, true), 2);
+    assert_eq!(pool.len(), 2);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for _ in 0..20 {
+        let drawn = pool.draw(1, " What is 2+2?", &mut rng).unwrap();
+        assert_eq!(drawn[0].id, "d", "the query itself (whitespace aside) is never drawn");
+    }
+    assert!(pool.draw(2, "What is 2+2?", &mut rng).is_err());
+}

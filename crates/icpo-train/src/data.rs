@@ -62,8 +62,10 @@ pub fn load_problems(path: impl AsRef<Path>) -> Result<(Vec<Problem>, usize)> {
 
 /// Reads the verl / LUFFY parquet layout (OpenR1-Math-46k ships in it): the problem is the
 /// content of the last `user` message of the `prompt` list, the answer is
-/// `reward_model.ground_truth`, the id `extra_info.index` (else the row number). Those prompts
-/// usually carry their instruction already: set `data.instruction = ""` when training on them.
+/// `reward_model.ground_truth`, the id `extra_info.index` (else the row number). LUFFY's set
+/// carries no instruction in that message: the prompt builder appends `data.instruction` as the
+/// authors' data script does (`content + " " + instruction`), and does not add it again to a
+/// problem that already ends with it.
 pub fn load_verl_parquet(path: &Path) -> Result<(Vec<Problem>, usize)> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
@@ -194,6 +196,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("config.parquet"), "{e}");
+    }
+
+    /// A parquet row becomes the prompt the authors' recipe builds: the last user message,
+    /// a space, the instruction, as one user message (the system turn dropped); a row already
+    /// prepared by their script keeps one instruction.
+    #[test]
+    fn a_parquet_row_becomes_the_authors_prompt() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
+        let (p, _) = load_problems(dir.join("verl_sample.parquet")).unwrap();
+        let tok = icpo_policy::Tokenizer::from_dir(dir.join("tiny-qwen3")).unwrap();
+        let b = icpo_rollout::PromptBuilder::new(&tok);
+        let authors = "Find $x$ if $2x = 6$. Let's think step by step and output the final answer within \\boxed{}.";
+        assert_eq!(b.user_message(&p[1].problem), authors);
+        let chat = |content: &str| {
+            tok.apply_chat_template(&[icpo_policy::ChatMessage::new("user", content)], true)
+                .unwrap()
+        };
+        assert_eq!(b.plain_text(&p[1].problem).unwrap(), chat(authors));
+        assert_eq!(b.user_message(authors), authors, "never appended twice");
     }
 
     #[test]

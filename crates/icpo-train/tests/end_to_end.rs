@@ -226,3 +226,36 @@ fn nonfinite_updates_abort_after_k_in_a_row_without_damage() {
     assert!(w.isfinite().all().int64_value(&[]) == 1);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Every shipped config (the paper's runs) loads and runs a step on the tiny checkpoint, with
+/// only sizes, paths and device overridden.
+#[test]
+fn shipped_configs_run_a_step_on_the_tiny_checkpoint() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = std::env::temp_dir().join(format!("icpo-e2e-cfg-{}", std::process::id()));
+        let overrides: Vec<String> = vec![
+            format!("model.path=\"{}\"", tiny().display()),
+            "model.device=\"cpu\"".into(),
+            "data.max_prompt_tokens=400".into(),
+            "data.demo_min_solution_chars=0".into(),
+            "rollout.group_size=2".into(),
+            "rollout.max_new_tokens=4".into(),
+            "trainer.batch_prompts=2".into(),
+            format!("trainer.output_dir=\"{}\"", out.display()),
+            "optim.mini_batch_prompts=1".into(),
+            "optim.micro_batch_size=4".into(),
+        ];
+        let cfg = TrainConfig::load(Some(&path), &overrides).unwrap();
+        let mut t = trainer(cfg, "e");
+        let m = t.train_step().unwrap();
+        assert!(m["actor/pg_loss"].is_finite() && m["actor/kl"].is_finite(), "{path:?}: {m:?}");
+        n += 1;
+    }
+    assert_eq!(n, 6);
+}
