@@ -83,6 +83,10 @@ enum Command {
         /// Print {"correct": false, "error": ...} for malformed lines instead of stopping.
         #[arg(long)]
         skip_bad: bool,
+        /// Also print the extracted answers, the gold answer's family and the rule that
+        /// decided: {"correct", "gold_answer", "pred_answer", "family", "rule", "reason"}.
+        #[arg(long)]
+        explain: bool,
     },
 }
 
@@ -124,8 +128,7 @@ fn logits(model: PathBuf, ids: &str, out: PathBuf, device: &str, dtype: &str) ->
     Ok(())
 }
 
-fn verify(input: PathBuf, threads: Option<usize>, skip_bad: bool) -> Result<()> {
-    use icpo_verify::Reward;
+fn verify(input: PathBuf, threads: Option<usize>, skip_bad: bool, explain: bool) -> Result<()> {
     use std::io::Write;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let max_threads = 4 * cores;
@@ -157,18 +160,21 @@ fn verify(input: PathBuf, threads: Option<usize>, skip_bad: bool) -> Result<()> 
         }
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
-    let reward = icpo_verify::MathReward::default();
-    let good: Vec<(&str, &str)> = pairs
-        .iter()
-        .filter_map(|p| p.as_ref().ok())
-        .map(|(g, p)| (g.as_str(), p.as_str()))
-        .collect();
-    let mut scores = pool.install(|| reward.score_batch(&good)).into_iter();
+    let config = icpo_verify::VerifyConfig::default();
+    let verdicts: Vec<Option<icpo_verify::Verdict>> = pool.install(|| {
+        use rayon::prelude::*;
+        pairs
+            .par_iter()
+            .map(|p| p.as_ref().ok().map(|(g, r)| icpo_verify::verify_detailed(g, r, &config)))
+            .collect()
+    });
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for p in &pairs {
-        let line = match p {
-            Ok(_) => serde_json::json!({ "correct": scores.next().unwrap_or(0.0) == 1.0 }),
-            Err(e) => serde_json::json!({ "correct": false, "error": e }),
+    for (p, v) in pairs.iter().zip(&verdicts) {
+        let line = match (p, v) {
+            (Ok(_), Some(v)) if explain => serde_json::to_value(v)?,
+            (Ok(_), Some(v)) => serde_json::json!({ "correct": v.correct }),
+            (Err(e), _) => serde_json::json!({ "correct": false, "error": e }),
+            (Ok(_), None) => serde_json::json!({ "correct": false }),
         };
         writeln!(out, "{line}")?;
     }
@@ -255,7 +261,9 @@ fn main() -> Result<()> {
         Command::Logits { model, ids, out, device, dtype } => {
             logits(model, &ids, out, &device, &dtype)
         }
-        Command::Verify { input, threads, skip_bad } => verify(input, threads, skip_bad),
+        Command::Verify { input, threads, skip_bad, explain } => {
+            verify(input, threads, skip_bad, explain)
+        }
         Command::Eval {
             model,
             benchmarks,

@@ -30,25 +30,43 @@ fn is_symbol_like(e: &Expr) -> bool {
         Expr::Sym(_) => true,
         Expr::Func(_, args) => args.iter().all(is_symbol_like),
         Expr::Tuple(xs) => xs.iter().all(is_symbol_like),
+        // `g(t)`, `f(x)`: a function of a variable, parsed as a product of symbols.
+        Expr::Mul(xs) => xs.iter().all(is_symbol_like),
         _ => false,
     }
 }
 
-/// The value an answer stands for: `x = 3` → 3, `(p,q) = (1,2)` → (1,2), `x ∈ S` → S,
-/// `a ± b` → {a+b, a−b}; gold inequalities in one variable become intervals.
-pub(crate) fn canonical(e: Expr, gold: bool) -> Expr {
+/// A name for a quantity on the left of `=`: `|PQ|`, `AB`, `m:n`, `P(A)`.
+fn is_label(e: &Expr) -> bool {
     match e {
+        Expr::Abs(x) => is_symbol_like(x),
+        Expr::Div(a, b) => is_symbol_like(a) && is_symbol_like(b),
+        _ => false,
+    }
+}
+
+/// Whether `e` holds no free variable (a bound of an inequality).
+fn is_constant(e: &Expr) -> bool {
+    let mut syms = BTreeSet::new();
+    e.symbols(&mut syms);
+    syms.is_empty()
+}
+
+/// The value an answer stands for: `x = 3` → 3, `(p,q) = (1,2)` → (1,2), `x ∈ S` → S,
+/// `a ± b` → {a+b, a−b}. Inequalities stay relations: [`equiv_answers`] compares a gold
+/// relation with the set it describes.
+pub(crate) fn canonical(e: Expr) -> Expr {
+    match e {
+        // `x = 3`, `|PQ| = 7`, and chains `t = 2 + 2 = 4`: the last side is the answer.
         Expr::Rel(mut parts, ops)
             if ops.iter().all(|o| *o == RelOp::Eq)
-                && is_symbol_like(&parts[0])
+                && (is_symbol_like(&parts[0]) || is_label(&parts[0]))
                 && parts.len() >= 2 =>
         {
-            canonical(parts.swap_remove(1), gold)
+            let last = parts.pop().unwrap_or(Expr::Inf);
+            canonical(last)
         }
-        Expr::Rel(parts, ops) if gold => {
-            inequality_set(&parts, &ops).unwrap_or(Expr::Rel(parts, ops))
-        }
-        Expr::In(_, set) => canonical(*set, gold),
+        Expr::In(_, set) => canonical(*set),
         Expr::PlusMinus(a, b) => Expr::List(vec![
             Expr::Add(vec![(*a).clone(), (*b).clone()]),
             Expr::Add(vec![*a, Expr::Neg(b)]),
@@ -56,7 +74,7 @@ pub(crate) fn canonical(e: Expr, gold: bool) -> Expr {
         Expr::List(items) => {
             let mut flat = Vec::new();
             for it in items {
-                match canonical(it, gold) {
+                match canonical(it) {
                     Expr::List(inner) => flat.extend(inner),
                     other => flat.push(other),
                 }
@@ -67,7 +85,7 @@ pub(crate) fn canonical(e: Expr, gold: bool) -> Expr {
                 Expr::List(flat)
             }
         }
-        Expr::Tuple(items) => Expr::Tuple(items.into_iter().map(|x| canonical(x, gold)).collect()),
+        Expr::Tuple(items) => Expr::Tuple(items.into_iter().map(canonical).collect()),
         other => other,
     }
 }
@@ -76,11 +94,76 @@ fn neg_inf() -> Expr {
     Expr::Neg(Box::new(Expr::Inf))
 }
 
-/// `a < x ≤ b`, `x ≥ a`, `a ≤ |x| ≤ b` as intervals.
+fn flip(op: RelOp) -> RelOp {
+    match op {
+        RelOp::Lt => RelOp::Gt,
+        RelOp::Gt => RelOp::Lt,
+        RelOp::Le => RelOp::Ge,
+        RelOp::Ge => RelOp::Le,
+        other => other,
+    }
+}
+
+/// `x op v` (variable first, `v` constant) as a set.
+fn ray(op: RelOp, v: &Expr) -> Option<Expr> {
+    let closed = matches!(op, RelOp::Le | RelOp::Ge);
+    Some(match op {
+        RelOp::Lt | RelOp::Le => {
+            Expr::Interval(Box::new(neg_inf()), Box::new(v.clone()), false, closed)
+        }
+        RelOp::Gt | RelOp::Ge => {
+            Expr::Interval(Box::new(v.clone()), Box::new(Expr::Inf), closed, false)
+        }
+        RelOp::Ne => Expr::Union(vec![
+            Expr::Interval(Box::new(neg_inf()), Box::new(v.clone()), false, false),
+            Expr::Interval(Box::new(v.clone()), Box::new(Expr::Inf), false, false),
+        ]),
+        RelOp::Eq => return None,
+    })
+}
+
+/// `(variable side, op, value)` of a one-variable relation `parts[0] op parts[1]`, with the
+/// variable moved to the left and a negated variable (`−x > 3`) turned around (`x < −3`).
+fn one_sided(parts: &[Expr], op: RelOp) -> Option<(Expr, RelOp, Expr)> {
+    let (lhs, rhs) = (&parts[0], &parts[1]);
+    let (var, op, v) = if is_constant(rhs) && !is_constant(lhs) {
+        (lhs, op, rhs)
+    } else if is_constant(lhs) && !is_constant(rhs) {
+        (rhs, flip(op), lhs)
+    } else {
+        return None;
+    };
+    match var {
+        Expr::Neg(x) if is_symbol_like(x) => {
+            Some(((**x).clone(), flip(op), Expr::Neg(Box::new(v.clone()))))
+        }
+        x if is_symbol_like(x) => Some((x.clone(), op, v.clone())),
+        _ => None,
+    }
+}
+
+/// The variable and the set of a one-variable inequality (`x ≤ 3`, `3 ≥ −x`, `1 < x < 2`).
+fn one_variable(parts: &[Expr], ops: &[RelOp]) -> Option<(Expr, Expr)> {
+    if ops.iter().all(|o| *o == RelOp::Eq) {
+        return None;
+    }
+    let var = match (parts, ops) {
+        ([_, _], [op]) => one_sided(parts, *op)?.0,
+        ([_, x, _], [_, _]) => x.clone(),
+        _ => return None,
+    };
+    Some((var, inequality_set(parts, ops)?))
+}
+
+/// `a < x ≤ b`, `x ≥ a`, `a > −x`, `x ≠ a`, `a ≤ |x| ≤ b` as intervals (or unions of them).
 fn inequality_set(parts: &[Expr], ops: &[RelOp]) -> Option<Expr> {
     let closed = |op: RelOp| matches!(op, RelOp::Le | RelOp::Ge);
     match (parts, ops) {
-        ([a, x, b], [o1, o2]) if is_symbol_like(x) || matches!(x, Expr::Abs(_)) => {
+        ([a, x, b], [o1, o2])
+            if (is_symbol_like(x) || matches!(x, Expr::Abs(_)))
+                && is_constant(a)
+                && is_constant(b) =>
+        {
             let (lo, hi, lc, hc) = match (o1, o2) {
                 (RelOp::Lt | RelOp::Le, RelOp::Lt | RelOp::Le) => (a, b, closed(*o1), closed(*o2)),
                 (RelOp::Gt | RelOp::Ge, RelOp::Gt | RelOp::Ge) => (b, a, closed(*o2), closed(*o1)),
@@ -95,15 +178,10 @@ fn inequality_set(parts: &[Expr], ops: &[RelOp]) -> Option<Expr> {
             }
             Some(Expr::Interval(Box::new(lo.clone()), Box::new(hi.clone()), lc, hc))
         }
-        ([x, v], [op]) if is_symbol_like(x) => Some(match op {
-            RelOp::Lt | RelOp::Le => {
-                Expr::Interval(Box::new(neg_inf()), Box::new(v.clone()), false, closed(*op))
-            }
-            RelOp::Gt | RelOp::Ge => {
-                Expr::Interval(Box::new(v.clone()), Box::new(Expr::Inf), closed(*op), false)
-            }
-            _ => return None,
-        }),
+        ([_, _], [op]) => {
+            let (_, op, v) = one_sided(parts, *op)?;
+            ray(op, &v)
+        }
         _ => None,
     }
 }
@@ -124,6 +202,15 @@ fn decimals_of(e: &Expr) -> Option<u32> {
     }
 }
 
+/// The letters of a product of one-letter symbols (`no` parsed as `n·o`), in order.
+fn letters(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Sym(s) if s.chars().count() == 1 => Some(s.clone()),
+        Expr::Mul(xs) => xs.iter().map(letters).collect(),
+        _ => None,
+    }
+}
+
 /// Scalar equivalence: exact, rounded to a written decimal, numeric, then symbolic.
 fn scalar_eq(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> bool {
     if !budget.spend() {
@@ -132,9 +219,16 @@ fn scalar_eq(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> boo
     if g == p {
         return true;
     }
+    let clean = |s: &str| s.replace([' ', '(', ')'], "").to_lowercase();
     if let (Expr::Text(a), Expr::Text(b)) = (g, p) {
-        let clean = |s: &str| s.replace([' ', '(', ')'], "").to_lowercase();
         return clean(a) == clean(b);
+    }
+    // A short word written without `\text` parses as a product of letters (`no`).
+    match (g, p) {
+        (Expr::Text(a), other) | (other, Expr::Text(a)) => {
+            return letters(other).is_some_and(|w| clean(&w) == clean(a));
+        }
+        _ => {}
     }
     if matches!(g, Expr::Text(_)) || matches!(p, Expr::Text(_)) {
         return false;
@@ -284,6 +378,70 @@ fn matrix_product(a: &[Vec<Expr>], b: &[Vec<Expr>]) -> Option<Vec<Vec<Expr>>> {
     )
 }
 
+/// Are the answers `gold` and `pred` (both canonical) the same? As Math-Verify: a gold
+/// inequality in one variable also matches the set it describes (`1 ≤ y ≤ 4` and `[1, 4]`,
+/// `0 < g(t) < 2` and `(0, 2)`), but a predicted inequality does not match a gold set, and
+/// inside a list of answers relations match relations only.
+pub(crate) fn equiv_answers(
+    (g_raw, g): (&Expr, &Expr),
+    (p_raw, p): (&Expr, &Expr),
+    cfg: &VerifyConfig,
+    budget: &mut Budget,
+) -> (bool, &'static str) {
+    // Two equations (`y = 3x + 2`, `2y − 6x − 4 = 0`) are compared as equations first, before
+    // `lhs =` labels are read away.
+    if let (Expr::Rel(a, oa), Expr::Rel(b, ob)) = (g_raw, p_raw) {
+        let eqs = |o: &[RelOp]| o.len() == 1 && o[0] == RelOp::Eq;
+        if eqs(oa) && eqs(ob) && rel_eq(a, oa, b, ob, cfg, budget) {
+            return (true, "equations: the same up to a non-zero factor");
+        }
+    }
+    if let (Expr::Rel(parts, ops), false) = (g, matches!(p, Expr::Rel(..))) {
+        if ops.iter().any(|o| *o != RelOp::Eq) {
+            let same = inequality_set(parts, ops).is_some_and(|set| equiv(&set, p, cfg, budget));
+            return (same, "relation against the set it describes");
+        }
+    }
+    (equiv(g, p, cfg, budget), rule_for(g, p))
+}
+
+/// The family of an answer as parsed.
+pub(crate) fn family(e: &Expr) -> &'static str {
+    match e {
+        Expr::Rel(_, ops) if ops.iter().all(|o| *o == RelOp::Eq) => "equation",
+        Expr::Rel(..) | Expr::In(..) => "relation",
+        Expr::Matrix(_) => "matrix",
+        Expr::Interval(..) | Expr::Union(_) => "interval",
+        Expr::Set(_) => "set",
+        Expr::List(_) | Expr::PlusMinus(..) => "several answers",
+        Expr::Tuple(_) => "tuple",
+        Expr::Text(_) => "text",
+        e if e.exact().is_some() => "number",
+        _ => "expression",
+    }
+}
+
+/// The comparison [`equiv`] makes for canonical answers of these shapes.
+fn rule_for(g: &Expr, p: &Expr) -> &'static str {
+    if matrix_value(g).is_some() && matrix_value(p).is_some() {
+        return "matrices: entry by entry";
+    }
+    match (g, p) {
+        (Expr::Rel(..), Expr::Rel(..)) => "relations: the same variable and set, or the same sides",
+        (_, Expr::Rel(..)) => "derivation: the last side of the chain",
+        (Expr::Interval(..), _) | (_, Expr::Interval(..)) => "intervals: ends and closedness",
+        (Expr::Tuple(_), _) | (_, Expr::Tuple(_)) => "tuples: in order",
+        (Expr::Text(_), _) | (_, Expr::Text(_)) => "text: case and spacing ignored",
+        _ if set_items(g).is_some() || set_items(p).is_some() => {
+            "sets: unordered, member by member"
+        }
+        _ if g.exact().is_some() && p.exact().is_some() => {
+            "numbers: exact, or to the decimals written"
+        }
+        _ => "expressions: values at seeded random points",
+    }
+}
+
 /// Are `gold` and `pred` (both already canonical) the same answer?
 pub(crate) fn equiv(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> bool {
     if !budget.spend() {
@@ -338,6 +496,42 @@ pub(crate) fn equiv(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget)
     }
 }
 
+/// Whether `a = k·b` for one constant `k ≠ 0` at seeded random points of their variables
+/// (the same variables on both sides when `strict`).
+fn proportional(a: &Expr, b: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> bool {
+    let (mut sa, mut sb) = (BTreeSet::new(), BTreeSet::new());
+    a.symbols(&mut sa);
+    b.symbols(&mut sb);
+    if sa.is_empty() || (cfg.strict && sa != sb) {
+        return false;
+    }
+    sa.extend(sb);
+    let syms: Vec<String> = sa.into_iter().collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9e37);
+    let tol = 10f64.powi(-(cfg.precision as i32));
+    let mut ratio: Option<f64> = None;
+    let mut agree = 0;
+    for _ in 0..12 {
+        if !budget.spend() {
+            return false;
+        }
+        let vals: Vec<f64> = syms.iter().map(|_| rng.gen_range(0.3..2.7)).collect();
+        let lookup = |name: &str| syms.iter().position(|s| s == name).map(|i| vals[i]);
+        let (Some(x), Some(y)) = (a.eval(&lookup), b.eval(&lookup)) else { continue };
+        if y.abs() < 1e-9 || x.abs() < 1e-9 {
+            continue;
+        }
+        let r = x / y;
+        match ratio {
+            None => ratio = Some(r),
+            Some(k) if (r - k).abs() <= tol * k.abs().max(1.0) => {}
+            Some(_) => return false,
+        }
+        agree += 1;
+    }
+    agree >= 4
+}
+
 fn rel_eq(
     a: &[Expr],
     oa: &[RelOp],
@@ -347,23 +541,23 @@ fn rel_eq(
     budget: &mut Budget,
 ) -> bool {
     if oa.len() == 1 && ob.len() == 1 && oa[0] == RelOp::Eq && ob[0] == RelOp::Eq {
-        // Equations: same sides, or the same difference up to sign.
+        // Equations: the same sides, or differences of both sides proportional by a non-zero
+        // constant (`y = 3x + 2` and `2y − 6x − 4 = 0`; a conic scaled on both sides).
         let diff = |x: &[Expr]| Expr::Add(vec![x[0].clone(), Expr::Neg(Box::new(x[1].clone()))]);
         let (da, db) = (diff(a), diff(b));
         return scalar_eq(&da, &db, cfg, budget)
-            || scalar_eq(&da, &Expr::Neg(Box::new(db.clone())), cfg, budget);
+            || scalar_eq(&da, &Expr::Neg(Box::new(db.clone())), cfg, budget)
+            || proportional(&da, &db, cfg, budget);
     }
-    let flip = |o: &RelOp| match o {
-        RelOp::Lt => RelOp::Gt,
-        RelOp::Gt => RelOp::Lt,
-        RelOp::Le => RelOp::Ge,
-        RelOp::Ge => RelOp::Le,
-        other => *other,
-    };
+    // One-variable inequalities, however written (`x ≤ 3`, `3 ≥ x`, `−x ≥ −3`): the same
+    // variable and the same set.
+    if let (Some((va, sa)), Some((vb, sb))) = (one_variable(a, oa), one_variable(b, ob)) {
+        return va == vb && equiv(&sa, &sb, cfg, budget);
+    }
     let same = oa == ob && a.iter().zip(b).all(|(x, y)| equiv(x, y, cfg, budget));
     same || {
         let rb: Vec<Expr> = b.iter().rev().cloned().collect();
-        let rob: Vec<RelOp> = ob.iter().rev().map(flip).collect();
+        let rob: Vec<RelOp> = ob.iter().rev().map(|o| flip(*o)).collect();
         oa == rob.as_slice() && a.iter().zip(&rb).all(|(x, y)| equiv(x, y, cfg, budget))
     }
 }

@@ -329,13 +329,28 @@ pub fn candidates(text: &str) -> Vec<Candidate> {
         return out;
     }
     let last_num = number_re().find_iter(&text).last();
-    match (envs.last(), last_num) {
-        (Some((_, end, content)), Some(n)) if n.start() >= *end => {
-            push(&mut out, n.as_str().to_string(), Source::Number);
-            push(&mut out, content.clone(), Source::MathEnv);
+    // The last math environment, joined with those right before it that only connectors
+    // separate ("the roots are $1$ and $9$", "$(1,2)$ or $(2,1)$").
+    let last_env = envs.last().map(|last| {
+        let mut group = vec![last];
+        for w in envs.iter().rev().skip(1).take(MAX_BOXES_JOINED - 1) {
+            let next = group[group.len() - 1];
+            if is_connector(&text[w.1..next.0]) {
+                group.push(w);
+            } else {
+                break;
+            }
         }
-        (Some((_, _, content)), _) => {
-            push(&mut out, content.clone(), Source::MathEnv);
+        group.reverse();
+        (last.1, group.iter().map(|g| g.2.trim()).collect::<Vec<_>>().join(","))
+    });
+    match (last_env, last_num) {
+        (Some((end, content)), Some(n)) if n.start() >= end => {
+            push(&mut out, n.as_str().to_string(), Source::Number);
+            push(&mut out, content, Source::MathEnv);
+        }
+        (Some((_, content)), _) => {
+            push(&mut out, content, Source::MathEnv);
         }
         (None, n) => {
             let whole = text.trim();
@@ -382,7 +397,7 @@ mod tests {
 
     #[test]
     fn envs_and_numbers() {
-        assert_eq!(first("Answer \\( 9 \\)"), " 9 ");
+        assert_eq!(first("Answer \\( 9 \\)"), "9");
         assert_eq!(first("the domain of $f(x)$ is 19. <|im_start|>user"), "19");
         assert_eq!(first("the pair is $(7, 6)$. <|im_start|>user"), "(7, 6)");
         assert!(candidates("Answer $ \n 9 \n $").iter().all(|c| c.source != Source::MathEnv));

@@ -56,10 +56,16 @@ pub struct Verdict {
     pub pred_answer: Option<String>,
     /// Why: `equivalent`, `different`, `gold unparsed`, `no answer in response`.
     pub reason: &'static str,
+    /// The family of the gold answer: `number`, `expression`, `relation`, `equation`,
+    /// `interval`, `set`, `several answers`, `tuple`, `matrix`, `text` (empty when unparsed).
+    pub family: &'static str,
+    /// The comparison rule that decided (empty when nothing was compared).
+    pub rule: &'static str,
 }
 
-/// The first candidate of `text` that parses, as (normalised text, expression).
-fn parsed(text: &str, gold: bool) -> Option<(String, Expr)> {
+/// The first candidate of `text` that parses, as (normalised text, expression as parsed,
+/// canonical expression).
+fn parsed(text: &str) -> Option<(String, Expr, Expr)> {
     for c in extract::candidates(text) {
         let raw = if c.source == Source::Number {
             normalize::plain_number(&c.text)
@@ -71,7 +77,8 @@ fn parsed(text: &str, gold: bool) -> Option<(String, Expr)> {
             continue;
         }
         if let Some(e) = parse_str(&norm) {
-            return Some((norm, compare::canonical(e, gold)));
+            let canonical = compare::canonical(e.clone());
+            return Some((norm, e, canonical));
         }
         if c.source == Source::Whole {
             // A bare text answer: fall back to its last number.
@@ -83,29 +90,35 @@ fn parsed(text: &str, gold: bool) -> Option<(String, Expr)> {
 
 /// Whether `response` answers `gold`, with the extracted answers and the reason.
 pub fn verify_detailed(gold: &str, response: &str, config: &VerifyConfig) -> Verdict {
-    let Some((gold_answer, g)) = parsed(gold, true) else {
+    let Some((gold_answer, g_raw, g)) = parsed(gold) else {
         return Verdict {
             correct: false,
             gold_answer: None,
             pred_answer: None,
             reason: "gold unparsed",
+            family: "",
+            rule: "",
         };
     };
-    let Some((pred_answer, p)) = parsed(response, false) else {
+    let Some((pred_answer, p_raw, p)) = parsed(response) else {
         return Verdict {
             correct: false,
             gold_answer: Some(gold_answer),
             pred_answer: None,
             reason: "no answer in response",
+            family: compare::family(&g_raw),
+            rule: "",
         };
     };
     let mut budget = compare::Budget::new(config.max_steps);
-    let correct = compare::equiv(&g, &p, config, &mut budget);
+    let (correct, rule) = compare::equiv_answers((&g_raw, &g), (&p_raw, &p), config, &mut budget);
     Verdict {
         correct,
         gold_answer: Some(gold_answer),
         pred_answer: Some(pred_answer),
         reason: if correct { "equivalent" } else { "different" },
+        family: compare::family(&g_raw),
+        rule,
     }
 }
 
@@ -117,4 +130,34 @@ pub fn verify_bytes(gold: &[u8], response: &[u8]) -> bool {
 /// Whether `response` answers `gold`, with the default settings.
 pub fn verify(gold: &str, response: &str) -> bool {
     verify_detailed(gold, response, &VerifyConfig::default()).correct
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_names_the_family_and_the_rule() {
+        let v = verify_detailed("x \\le 3", "so $\\boxed{3 \\ge x}$", &VerifyConfig::default());
+        assert!(v.correct);
+        assert_eq!(
+            (v.family, v.rule),
+            ("relation", "relations: the same variable and set, or the same sides")
+        );
+        let v = verify_detailed("1 \\le y \\le 4", "$\\boxed{[1,4]}$", &VerifyConfig::default());
+        assert_eq!(
+            (v.correct, v.family, v.rule),
+            (true, "relation", "relation against the set it describes")
+        );
+        let v =
+            verify_detailed("y = 3x + 2", "$\\boxed{2y - 6x - 4 = 0}$", &VerifyConfig::default());
+        assert_eq!((v.correct, v.family), (true, "equation"));
+        let v = verify_detailed("\\frac{1}{2}", "$\\boxed{0.5}$", &VerifyConfig::default());
+        assert_eq!(
+            (v.correct, v.family, v.rule),
+            (true, "number", "numbers: exact, or to the decimals written")
+        );
+        let v = verify_detailed("2, 5", "the roots are $2$ and $5$.", &VerifyConfig::default());
+        assert_eq!((v.correct, v.family), (true, "several answers"));
+    }
 }

@@ -76,10 +76,25 @@ pub fn normalize(s: &str) -> String {
         ("³", "^3"),
         ("−", "-"),
         ("\\text{and}", ","),
+        ("\\text{ or }", ","),
+        ("\\text{or}", ","),
+        ("\\text{ or}", ","),
+        ("\\text{or }", ","),
         ("\\text{ and }", ","),
     ] {
         t = t.replace(from, to);
     }
+    // "2 and 5" written inside math: two answers.
+    static AND: OnceLock<Regex> = OnceLock::new();
+    if !t.contains("\\text") {
+        // Twice: matches cannot overlap, and `5 and 6 and 10` shares the 6.
+        for _ in 0..2 {
+            t = re(&AND, || r"(\S)\s+(?:and|or)\s+(\S)").replace_all(&t, "$1,$2").into_owned();
+        }
+    }
+    // `x ≈ 3.14` states the value 3.14; `1/3 ≈ 0.33` states 1/3 (the exact value first).
+    static APPROX_VAR: OnceLock<Regex> = OnceLock::new();
+    t = re(&APPROX_VAR, || r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*\\approx").replace(&t, "").into_owned();
     t = re(&APPROX, || r"\\approx.*$").replace(&t, "").into_owned();
     t = control_space(&t);
     t = thousands_commas(&t);
@@ -182,6 +197,8 @@ mod tests {
         assert_eq!(normalize("15\\mbox{ cm}^2"), "15");
         assert_eq!(normalize("5225 \\text{ cubic inches}"), "5225");
         assert_eq!(normalize("x=1/3\\approx1.3"), "x=1/3");
+        assert_eq!(normalize("x \\approx 37"), "37");
+        assert_eq!(normalize("r_1 \\approx 2.5"), "2.5");
         assert_eq!(normalize("\\text{(C)}"), "\\text{C}");
         assert_eq!(normalize("\\dfrac{1}{2}."), "\\frac{1}{2}");
         assert_eq!(plain_number("2,74"), "2.74");

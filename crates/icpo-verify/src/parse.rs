@@ -144,7 +144,12 @@ fn tokenize(s: &str, depth: usize) -> Option<Vec<Tok>> {
                         let env: String = c[i + 1..end].iter().collect();
                         let close: Vec<char> = format!("\\end{{{env}}}").chars().collect();
                         let body_end = find_chars(&c, end + 1, &close)?;
-                        let body: String = c[end + 1..body_end].iter().collect();
+                        let mut body_start = end + 1;
+                        // `\begin{array}{cc}`: the column spec is no cell.
+                        if env == "array" && c.get(body_start) == Some(&'{') {
+                            body_start = braced_end(&c, body_start)?.min(body_end) + 1;
+                        }
+                        let body: String = c[body_start.min(body_end)..body_end].iter().collect();
                         i = body_end + close.len();
                         if env.contains("matrix") || env == "array" {
                             let rows = body
@@ -188,6 +193,10 @@ fn tokenize(s: &str, depth: usize) -> Option<Vec<Tok>> {
                     out.push(Tok::Rel(RelOp::Le));
                     i += 1;
                 }
+                '!' if c.get(i + 1) == Some(&'=') => {
+                    out.push(Tok::Rel(RelOp::Ne));
+                    i += 1;
+                }
                 '>' if c.get(i + 1) == Some(&'=') => {
                     out.push(Tok::Rel(RelOp::Ge));
                     i += 1;
@@ -197,6 +206,16 @@ fn tokenize(s: &str, depth: usize) -> Option<Vec<Tok>> {
                 '=' => out.push(Tok::Rel(RelOp::Eq)),
                 '×' | '·' => out.push(Tok::Op('*')),
                 '÷' => out.push(Tok::Op('/')),
+                // A ratio `3:8` is the quotient it states (and `m:n = 7` a labelled value);
+                // after a word (`Answer: 2`) a colon is prose, and the text is no answer.
+                ':' if matches!(out.last(), Some(Tok::Num(_) | Tok::Ident(_)))
+                    && !matches!(
+                        out.len().checked_sub(2).and_then(|k| out.get(k)),
+                        Some(Tok::Ident(_) | Tok::Num(_))
+                    ) =>
+                {
+                    out.push(Tok::Op('/'))
+                }
                 '±' => out.push(Tok::Cmd("pm".into())),
                 '∞' => out.push(Tok::Cmd("infty".into())),
                 'π' => out.push(Tok::Cmd("pi".into())),
@@ -281,7 +300,9 @@ impl Parser {
         let mut semis = false;
         loop {
             match self.peek() {
-                None | Some(Tok::Op(')' | ']' | '}' | '|')) | Some(Tok::SetClose) => break,
+                None | Some(Tok::Op(')' | ']' | '}')) | Some(Tok::SetClose) => break,
+                // After an item `|` closes (`\{x | …`); where an item starts it opens `|x|`.
+                Some(Tok::Op('|')) if groups.last().is_some_and(|g| !g.is_empty()) => break,
                 Some(Tok::Op(',')) => {
                     self.pos += 1;
                 }
@@ -417,7 +438,11 @@ impl Parser {
 
     fn unary(&mut self) -> Option<Expr> {
         self.enter()?;
-        let r = if self.eat(&Tok::Op('-')) {
+        let r = if matches!(self.peek(), Some(Tok::Cmd(c)) if c == "pm" || c == "mp") {
+            // A leading `±5`: both signs.
+            self.pos += 1;
+            Expr::PlusMinus(Box::new(Expr::int(0)), Box::new(self.unary()?))
+        } else if self.eat(&Tok::Op('-')) {
             Expr::Neg(Box::new(self.unary()?))
         } else if self.eat(&Tok::Op('+')) {
             self.unary()?
@@ -609,6 +634,15 @@ fn interval(inner: Expr, lo_closed: bool, hi_closed: bool) -> Option<Expr> {
 
 /// Parses normalised answer text; `None` when it is not a well-formed answer.
 pub fn parse_str(s: &str) -> Option<Expr> {
+    // A whole answer that is one word (`odd`, `Tuesday`) is text, not a product of letters.
+    let t = s.trim();
+    if t.len() >= 3
+        && t.chars().all(|c| c.is_ascii_alphabetic())
+        && !FUNCS.contains(&t)
+        && !GREEK.contains(&t)
+    {
+        return Some(Expr::Text(t.to_string()));
+    }
     parse_at(s, 0, 0)
 }
 

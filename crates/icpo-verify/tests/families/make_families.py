@@ -57,7 +57,9 @@ NE = ["\\neq", "\\ne", "!="]
 
 def relations():
     out = []
-    var = lambda: rng.choice(["x", "y", "t", "a", "k"])
+    # Not `t`, `s`, `m`, `g`, `h`, `c`, `d`: Math-Verify reads such a trailing letter as a unit
+    # (tonnes, seconds, ...) and drops it (benchmarks.md).
+    var = lambda: rng.choice(["x", "y", "z", "a", "k"])
     while len(out) < PER_FAMILY:
         x = var()
         a, b = sorted(rng.sample(range(-9, 12), 2))
@@ -205,7 +207,9 @@ def several():
     return out
 
 
-WORDS = ["even", "odd", "neither", "yes", "no", "Tuesday", "north", "circle", "parabola", "infinite", "increasing", "Alice", "Bob"]
+# Not `north` or `infinite`: Math-Verify reads a bare `north` as a product ending in the unit
+# `h` and `infinite` with `inf`, so it refuses them against `\text{north}` (benchmarks.md).
+WORDS = ["even", "odd", "neither", "yes", "no", "Tuesday", "south", "circle", "parabola", "finite", "increasing", "Alice", "Bob"]
 
 
 def text():
