@@ -230,3 +230,28 @@ fn eval_checks_its_inputs_before_generating() {
     assert!(e.contains("--out") && e.contains("no/such/dir"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn verify_explain_names_the_family_and_rule() {
+    let input = tmp("explain.jsonl");
+    std::fs::write(
+        &input,
+        "{\"gold\": \"1 \\\\le y \\\\le 4\", \"pred\": \"so $\\\\boxed{[1,4]}$\"}\n{\"gold\": \"y = 3x + 2\", \"pred\": \"$2y - 6x - 4 = 0$\"}\n",
+    )
+    .unwrap();
+    let o = icpo().args(["verify", "--explain", "--input"]).arg(&input).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["correct"], true);
+    assert_eq!(lines[0]["family"], "relation");
+    assert_eq!(lines[0]["rule"], "relation against the set it describes");
+    assert_eq!(lines[0]["pred_answer"], "[1,4]");
+    assert_eq!(
+        (lines[1]["correct"].clone(), lines[1]["family"].clone()),
+        (true.into(), "equation".into())
+    );
+    std::fs::remove_file(&input).unwrap();
+}
