@@ -1,4 +1,5 @@
-// Fused CPU ops with their own backward: RMSNorm, SwiGLU and rotary embeddings.
+// Fused CPU ops with their own backward: RMSNorm, SwiGLU and rotary embeddings; and the chunked
+// output head (any device), log-probabilities without a saved (tokens, vocab) block.
 //
 // libtorch composes each of these from 4-12 elementwise ops forward and as many backward, every
 // one a pass over a cold (batch, seq, width) tensor; on a CPU those passes cost about as much as
@@ -200,6 +201,72 @@ void check_input(const Tensor& t, const char* what) {
         std::string(what) + " must be float32 or bfloat16, got " + std::string(c10::toString(k)));
 }
 
+// Per-token log-probabilities of `targets` (and the entropy of each next-token distribution)
+// under logits = hidden · weightᵀ, a chunk of rows at a time, keeping no (rows, vocab) block for
+// the backward: the backward recomputes each chunk's logits. Head memory is O(chunk × vocab)
+// whatever the sequence length. ATen ops only, so it runs on any device.
+struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& hidden, const Tensor& weight,
+                               const Tensor& targets, bool entropy, int64_t chunk) {
+    Tensor h = hidden.reshape({-1, hidden.size(-1)});
+    Tensor t = targets.reshape({-1});
+    int64_t n = h.size(0);
+    auto f32 = h.options().dtype(at::kFloat);
+    Tensor lp = at::empty({n}, f32);
+    Tensor ent = at::zeros({n}, f32);
+    at::NoGradGuard no_grad;
+    for (int64_t s = 0; s < n; s += chunk) {
+      int64_t e = std::min(n, s + chunk);
+      Tensor z = at::matmul(h.slice(0, s, e), weight.t()).to(at::kFloat);
+      Tensor lse = at::logsumexp(z, {-1});
+      lp.slice(0, s, e).copy_(z.gather(-1, t.slice(0, s, e).unsqueeze(-1)).squeeze(-1) - lse);
+      if (entropy) {
+        Tensor p = (z - lse.unsqueeze(-1)).exp();
+        ent.slice(0, s, e).copy_(lse - (p * z).sum(-1));
+      }
+    }
+    ctx->save_for_backward({hidden, weight, targets});
+    ctx->saved_data["chunk"] = chunk;
+    return {lp.view(targets.sizes()), ent.view(targets.sizes())};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    Tensor hidden = saved[0], weight = saved[1], targets = saved[2];
+    int64_t chunk = ctx->saved_data["chunk"].toInt();
+    Tensor h = hidden.reshape({-1, hidden.size(-1)});
+    Tensor t = targets.reshape({-1});
+    int64_t n = h.size(0);
+    Tensor g_lp = grads[0].defined() ? grads[0].reshape({-1}).to(at::kFloat) : Tensor();
+    Tensor g_ent = grads[1].defined() ? grads[1].reshape({-1}).to(at::kFloat) : Tensor();
+    Tensor dh = at::zeros_like(h);
+    Tensor dw = at::zeros(weight.sizes(), weight.options().dtype(at::kFloat));
+    at::NoGradGuard no_grad;
+    for (int64_t s = 0; s < n; s += chunk) {
+      int64_t e = std::min(n, s + chunk);
+      Tensor hc = h.slice(0, s, e);
+      Tensor z = at::matmul(hc, weight.t()).to(at::kFloat);
+      Tensor lse = at::logsumexp(z, {-1}, true);
+      Tensor logp = z - lse;
+      Tensor p = logp.exp();
+      Tensor dz = at::zeros_like(z);
+      if (g_lp.defined()) {
+        // d log p_target / dz = onehot(target) − p.
+        Tensor g = g_lp.slice(0, s, e).unsqueeze(-1);
+        dz.sub_(p * g).scatter_add_(-1, t.slice(0, s, e).unsqueeze(-1), g);
+      }
+      if (g_ent.defined()) {
+        // H = −Σ p log p;  dH/dz_k = −p_k (log p_k + H).
+        Tensor H = -(p * logp).sum(-1, true);
+        dz.sub_(p * (logp + H) * g_ent.slice(0, s, e).unsqueeze(-1));
+      }
+      dh.slice(0, s, e).copy_(at::matmul(dz.to(weight.scalar_type()), weight));
+      dw.add_(at::matmul(dz.t(), hc.to(at::kFloat)));
+    }
+    return {dh.view(hidden.sizes()), dw.to(weight.scalar_type()), Tensor(), Tensor(), Tensor()};
+  }
+};
+
 char* error_copy(const std::string& msg) {
   char* p = static_cast<char*>(std::malloc(msg.size() + 1));
   if (p) std::memcpy(p, msg.c_str(), msg.size() + 1);
@@ -269,6 +336,27 @@ char* icpo_fused_rope(const Tensor* x, const Tensor* cos, const Tensor* sin, Ten
             "rope: cos/sin " + dims(*t) + " must be (batch, seq, head_dim) of x " + dims(*x));
     }
     *out = new Tensor(Rope::apply(*x, *cos, *sin));
+  });
+}
+
+char* icpo_chunked_head(const Tensor* hidden, const Tensor* weight, const Tensor* targets,
+                        bool entropy, int64_t chunk, Tensor** logprobs, Tensor** ent) {
+  return guarded([&] {
+    check(hidden->defined() && weight->defined() && targets->defined(),
+          "chunked_head: undefined input");
+    check(weight->dim() == 2 && hidden->size(-1) == weight->size(1),
+          "chunked_head: hidden " + dims(*hidden) + " and weight " + dims(*weight) +
+              " must share the hidden size");
+    check(targets->scalar_type() == at::kLong &&
+              targets->numel() * hidden->size(-1) == hidden->numel(),
+          "chunked_head: targets " + dims(*targets) + " must be int64 ids, one per row of hidden " +
+              dims(*hidden));
+    check(hidden->scalar_type() == weight->scalar_type(),
+          "chunked_head: hidden and weight must share a dtype");
+    check(chunk >= 1, "chunked_head: chunk must be at least 1");
+    auto out = ChunkedHead::apply(*hidden, *weight, *targets, entropy, chunk);
+    *logprobs = new Tensor(out[0]);
+    *ent = new Tensor(out[1]);
   });
 }
 

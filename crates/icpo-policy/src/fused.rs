@@ -53,6 +53,50 @@ pub fn set_fused_kernels(on: bool) {
     switch().store(on, Ordering::Relaxed);
 }
 
+/// The lean head's switch, first read from `ICPO_LEAN_HEAD` (`0` turns it off).
+fn lean_switch() -> &'static AtomicBool {
+    static SWITCH: OnceLock<AtomicBool> = OnceLock::new();
+    SWITCH.get_or_init(|| {
+        AtomicBool::new(std::env::var("ICPO_LEAN_HEAD").map_or(true, |v| v.trim() != "0"))
+    })
+}
+
+/// Whether [`crate::CausalLm::response_logprobs`] takes the lean head (a C++ autograd Function
+/// that keeps no `(tokens, vocab)` block for the backward and recomputes each chunk's logits
+/// there): true unless it was not built (`doc-only`), `ICPO_LEAN_HEAD` is `0`, or
+/// [`set_lean_head`] turned it off.
+pub fn lean_head_enabled() -> bool {
+    cfg!(icpo_fused) && lean_switch().load(Ordering::Relaxed)
+}
+
+/// Turns the lean head on or off for the whole process (off: the chunks' logits are kept by
+/// autograd for the backward, as a plain pass does). For comparisons and memory A/B.
+pub fn set_lean_head(on: bool) {
+    lean_switch().store(on, Ordering::Relaxed);
+}
+
+/// Log-probs of `targets` and the entropy under `hidden · weightᵀ`, chunk rows at a time, by
+/// the lean head; `None` when it is off (the caller composes the maths itself).
+///
+/// # Shapes
+/// - `hidden`: `(batch, len, hidden)`, `weight`: `(vocab, hidden)` in `hidden`'s dtype
+/// - `targets`: `(batch, len)` int64; returns two `(batch, len)` f32 tensors (entropy zeros when
+///   not asked for)
+pub(crate) fn chunked_head(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    entropy: bool,
+    chunk: i64,
+) -> Result<Option<(Tensor, Tensor)>> {
+    #[cfg(icpo_fused)]
+    if lean_head_enabled() {
+        return ffi::chunked_head(hidden, weight, targets, entropy, chunk).map(Some);
+    }
+    let _ = (hidden, weight, targets, entropy, chunk);
+    Ok(None)
+}
+
 /// Whether tensors of `kind` on `device` take the fused kernels: enabled, on the CPU, f32 or
 /// bf16.
 fn fused_for(device: Device, kind: Kind) -> bool {
@@ -164,6 +208,15 @@ mod ffi {
             sin: *const C_tensor,
             out: *mut *mut C_tensor,
         ) -> *mut c_char;
+        fn icpo_chunked_head(
+            hidden: *const C_tensor,
+            weight: *const C_tensor,
+            targets: *const C_tensor,
+            entropy: bool,
+            chunk: i64,
+            logprobs: *mut *mut C_tensor,
+            ent: *mut *mut C_tensor,
+        ) -> *mut c_char;
         fn icpo_fused_free_error(err: *mut c_char);
     }
 
@@ -197,6 +250,34 @@ mod ffi {
         // SAFETY: as in `rms_norm`.
         let err = unsafe { icpo_fused_swiglu(gate_up.as_ptr(), &mut out) };
         take(err, out)
+    }
+
+    pub(super) fn chunked_head(
+        hidden: &Tensor,
+        weight: &Tensor,
+        targets: &Tensor,
+        entropy: bool,
+        chunk: i64,
+    ) -> Result<(Tensor, Tensor)> {
+        let (mut lp, mut ent) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: as in `rms_norm`; on success both outputs are new tensors we own.
+        let err = unsafe {
+            icpo_chunked_head(
+                hidden.as_ptr(),
+                weight.as_ptr(),
+                targets.as_ptr(),
+                entropy,
+                chunk,
+                &mut lp,
+                &mut ent,
+            )
+        };
+        if !err.is_null() {
+            return Err(take(err, ptr::null_mut()).err().unwrap_or_else(|| {
+                PolicyError::Torch(tch::TchError::Torch("chunked head failed".into()))
+            }));
+        }
+        Ok((take(ptr::null_mut(), lp)?, take(ptr::null_mut(), ent)?))
     }
 
     pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

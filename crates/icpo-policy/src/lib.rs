@@ -35,7 +35,7 @@ pub use atomic::write_atomic;
 pub use cache::KvCache;
 pub use config::{Architecture, DType, ModelConfig, RopeScaling};
 pub use error::{PolicyError, Result};
-pub use fused::{fused_kernels_enabled, set_fused_kernels};
+pub use fused::{fused_kernels_enabled, lean_head_enabled, set_fused_kernels, set_lean_head};
 pub use jsonl::{parse_jsonl, read_jsonl, JsonlLine};
 pub use logprobs::{Entropy, TokenLogprobs};
 pub use model::{CausalLm, DeviceOpt, LoadOptions};

@@ -38,8 +38,10 @@ impl CausalLm {
     /// Log-probabilities of `response_ids` after `prompt_ids`, for a padded batch.
     ///
     /// Only the positions that predict response tokens go through the output projection, in
-    /// chunks of positions, so no more than one `(batch, response_len, vocab)` float tensor is
-    /// alive (and none at all without autograd) unless [`Entropy::Differentiable`] is asked for.
+    /// chunks of positions. With the lean head (the default where the C++ shim is built, see
+    /// [`crate::lean_head_enabled`]) no chunk's logits are kept for the backward, which
+    /// recomputes them: head memory is O(chunk × vocab) whatever the response length, entropy
+    /// bonus included. Without it autograd keeps every chunk's f32 logits.
     ///
     /// # Shapes
     /// - `prompt_ids`, `prompt_mask`: `(batch, prompt_len)`, left padded; every row needs at
@@ -108,6 +110,25 @@ impl CausalLm {
                 }
             };
         let targets = response_ids;
+        // The head's weight in the products' dtype, cast once for the whole pass.
+        let lm_head = self.lm_head();
+        let weight = if lm_head.kind() == hidden.kind() {
+            lm_head.shallow_clone()
+        } else {
+            lm_head.f_to_kind(hidden.kind())?
+        };
+        let rows = (CHUNK_ELEMENTS / vocab).max(1);
+        if let Some((lp, ent)) =
+            crate::fused::chunked_head(&hidden, &weight, &targets, with_entropy, rows)?
+        {
+            let entropy = match entropy {
+                Entropy::Skip => None,
+                Entropy::Metric => Some(ent.f_detach()?.f_mul(&rmask)?),
+                Entropy::Differentiable => Some(ent.f_mul(&rmask)?),
+            };
+            return Ok(TokenLogprobs { logprobs: lp.f_mul(&rmask)?, entropy });
+        }
+        // The plain pass: autograd keeps every chunk's logits for the backward.
         let step = (CHUNK_ELEMENTS / (batch * vocab)).max(1);
         let mut lps = Vec::new();
         let mut ents = Vec::new();
@@ -115,7 +136,7 @@ impl CausalLm {
         while start < rlen {
             let n = step.min(rlen - start);
             let h = hidden.f_narrow(1, start, n)?;
-            let logits = self.head(&h)?.f_to_kind(Kind::Float)?;
+            let logits = h.f_linear::<Tensor>(&weight, None)?.f_to_kind(Kind::Float)?;
             let lse = logits.f_logsumexp(&[-1i64][..], false)?;
             let tgt = targets.f_narrow(1, start, n)?.f_unsqueeze(-1)?;
             let picked = logits.f_gather(-1, &tgt, false)?.f_squeeze_dim(-1)?;
