@@ -85,6 +85,14 @@ pub(crate) fn micro_batch_weight(
     }
 }
 
+/// The process's peak resident memory (Linux `VmHWM`), when known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
     // SplitMix-style mixing: distinct streams per (step, purpose).
     let mut z =
@@ -567,6 +575,11 @@ impl Trainer {
         m.insert("timing/training_s".into(), train_s);
         m.insert("timing/step_s".into(), step_s);
         m.insert("perf/tokens_per_s".into(), new_tokens / step_s.max(1e-9));
+        if let Some(bytes) = peak_rss_bytes() {
+            // The process's high-water mark so far (CPU memory; CUDA allocator stats are not
+            // exposed through tch yet).
+            m.insert("perf/peak_memory_gb".into(), bytes as f64 / 1e9);
+        }
         self.step += 1;
         Ok(m)
     }
@@ -673,5 +686,14 @@ mod tests {
         let exact = seqs.iter().flatten().sum::<f64>() / mb_tokens as f64;
         assert!((weighted(LossAggMode::TokenMean) - exact).abs() < 1e-12);
         assert!((authors - exact).abs() > 0.1, "the two really differ on unequal lengths");
+    }
+
+    #[test]
+    fn peak_memory_is_read_from_the_kernel() {
+        let before = peak_rss_bytes().unwrap();
+        let big = vec![1u8; 64 << 20];
+        let after = peak_rss_bytes().unwrap();
+        assert!(after >= before && after >= big.len() as u64, "{before} → {after}");
+        assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
     }
 }

@@ -220,6 +220,7 @@ fn over_long_prompts_are_dropped_at_load_and_counted() {
     assert_eq!(t.dropped_overlong, 1);
     let m = t.train_step().unwrap();
     assert_eq!(m["data/overlong_dropped"], 1.0);
+    assert!(m["perf/peak_memory_gb"] > 0.0, "peak memory is reported");
     let e = build(cfg, vec![long], 1).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("data.max_prompt_tokens"), "{e}");
 }
