@@ -513,6 +513,16 @@ mod paper_configs {
                 assert_eq!(c.algorithm.ief, !name.contains("grpo"), "{name}");
                 assert_eq!(c.algorithm.shaping, name.contains("-rs"), "{name}");
                 assert_eq!(c.optim.mini_batch_prompts, if name.contains("8b") { 32 } else { 64 });
+                // The authors' scripts train Qwen/Qwen3-{1.7B,8B}, not the -Base checkpoints.
+                assert!(
+                    c.model.path.ends_with(if name.contains("8b") {
+                        "Qwen3-8B"
+                    } else {
+                        "Qwen3-1.7B"
+                    }),
+                    "{name}: {}",
+                    c.model.path
+                );
                 // Mixed precision, as verl trains: f32 weights, bf16 products.
                 assert_eq!((c.model.dtype, c.model.compute_dtype), (DType::F32, DType::BF16));
                 n += 1;
