@@ -149,8 +149,11 @@ impl CausalLm {
             self.compute_dtype().kind(),
             self.device(),
         )?;
-        let logits = self.decode(input_ids, attention_mask, &mut cache)?;
-        Ok((logits.f_select(1, seq - 1)?, cache))
+        // Sampling needs the last position's logits only: the head runs on that position, not
+        // on every prompt position (a (batch, prompt_len, vocab) block for long prompts).
+        let hidden = self.decode_hidden(input_ids, attention_mask, &mut cache)?;
+        let logits = self.head(&hidden.f_narrow(1, seq - 1, 1)?)?;
+        Ok((logits.f_squeeze_dim(1)?, cache))
     }
 
     /// Appends tokens to the cached sequences and returns their logits `(batch, new, vocab)`.
@@ -160,6 +163,17 @@ impl CausalLm {
     /// # Shapes
     /// - `input_ids`, `attention_mask`: `(batch, new)`, batch as in the cache
     pub fn decode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.decode_hidden(input_ids, attention_mask, cache)?;
+        self.head(&hidden)
+    }
+
+    /// [`CausalLm::decode`] up to the final norm: the hidden states `(batch, new, hidden)`.
+    fn decode_hidden(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
@@ -195,6 +209,6 @@ impl CausalLm {
         cache.next_position =
             cache.next_position.f_add(&new_mask.f_sum_dim_intlist(1, false, Kind::Int64)?)?;
         cache.len = start + new;
-        self.head(&hidden)
+        Ok(hidden)
     }
 }
