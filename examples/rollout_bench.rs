@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use icpo::policy::Tokenizer;
-use icpo::rollout::{generate, EngineConfig, Request, SamplingParams};
+use icpo::rollout::{generate_with_stats, EngineConfig, EngineStats, Request, SamplingParams};
 use rand::SeedableRng;
 
 mod bench;
@@ -37,6 +37,9 @@ struct Args {
     /// Decoding streams (0: the engine's default, one per thread on a CPU).
     #[arg(long, default_value_t = 0)]
     streams: usize,
+    /// The engine's bound on rows × (prompt + new tokens) decoded at once.
+    #[arg(long, default_value_t = 1 << 18)]
+    max_tokens_in_flight: usize,
 }
 
 fn main() -> Result<()> {
@@ -59,14 +62,17 @@ fn main() -> Result<()> {
         eos_token_ids: &eos,
         seed: w.seed,
     };
-    let config = EngineConfig { streams: args.streams, ..Default::default() };
+    let config =
+        EngineConfig { streams: args.streams, max_tokens_in_flight: args.max_tokens_in_flight };
     let mut best = f64::INFINITY;
     let mut tokens = 0usize;
+    let mut stats = EngineStats::default();
     for rep in 0..=args.repeats {
         let start = Instant::now();
-        let out = generate(&model, &request, None, &config)?;
+        let (out, s) = generate_with_stats(&model, &request, None, &config)?;
         let secs = start.elapsed().as_secs_f64();
         tokens = out.iter().map(|r| r.tokens.len()).sum();
+        stats = s;
         if rep > 0 {
             best = best.min(secs);
             eprintln!("run {rep}: {tokens} new tokens in {secs:.3} s");
@@ -78,7 +84,10 @@ fn main() -> Result<()> {
             "bench": "rollout", "prompts": w.prompts, "samples": w.samples, "prompt_len": w.prompt_len,
             "new_tokens": args.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype,
             "generated_tokens": tokens,
-            "seconds": best, "tokens_per_s": tokens as f64 / best
+            "seconds": best, "tokens_per_s": tokens as f64 / best,
+            "max_tokens_in_flight": args.max_tokens_in_flight, "stop_on_eos": !args.ignore_eos,
+            "decode_steps": stats.decode_steps, "slots": stats.slots,
+            "slot_utilization": stats.slot_utilization()
         })
     );
     Ok(())

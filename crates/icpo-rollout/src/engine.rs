@@ -124,6 +124,42 @@ pub struct Request<'a> {
     pub seed: u64,
 }
 
+/// How a [`generate`] call used its decode slots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct EngineStats {
+    /// Batches decoded (chunks × streams).
+    pub batches: usize,
+    /// Decode steps, summed over batches (a batch steps until its longest member ends).
+    pub decode_steps: usize,
+    /// Most rows decoding at once (over concurrent streams).
+    pub slots: usize,
+    /// Σ over batches of rows × steps: the slot-steps reserved.
+    pub slot_steps: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+}
+
+impl EngineStats {
+    /// Generated tokens ÷ slot-steps reserved: the share of decode slots doing useful work.
+    pub fn slot_utilization(&self) -> f64 {
+        self.generated_tokens as f64 / self.slot_steps.max(1) as f64
+    }
+
+    /// Adds the batches of one concurrent round (one per stream).
+    fn add_round(&mut self, batches: &[Vec<Rollout>]) {
+        let mut rows_now = 0;
+        for b in batches {
+            let steps = b.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+            self.batches += 1;
+            self.decode_steps += steps;
+            self.slot_steps += b.len() * steps;
+            self.generated_tokens += b.iter().map(|r| r.tokens.len()).sum::<usize>();
+            rows_now += b.len();
+        }
+        self.slots = self.slots.max(rows_now);
+    }
+}
+
 /// Generates `n` samples for every prompt, ordered by prompt then sample. Runs without
 /// gradient. `tokenizer` is needed only for stop strings.
 pub fn generate<M: DecodeModel>(
@@ -132,6 +168,16 @@ pub fn generate<M: DecodeModel>(
     tokenizer: Option<&Tokenizer>,
     config: &EngineConfig,
 ) -> Result<Vec<Rollout>> {
+    Ok(generate_with_stats(model, request, tokenizer, config)?.0)
+}
+
+/// [`generate`], with how the decode slots were used.
+pub fn generate_with_stats<M: DecodeModel>(
+    model: &M,
+    request: &Request<'_>,
+    tokenizer: Option<&Tokenizer>,
+    config: &EngineConfig,
+) -> Result<(Vec<Rollout>, EngineStats)> {
     let params = request.params;
     params.validate()?;
     if request.n == 0 {
@@ -148,6 +194,7 @@ pub fn generate<M: DecodeModel>(
         return Err(RolloutError::Input(format!("prompt {i} is empty")));
     }
     let mut out = Vec::with_capacity(request.prompts.len() * request.n);
+    let mut stats = EngineStats::default();
     // One decoding handle (packed weights on a CPU) for all chunks and streams.
     let base = model.fork()?;
     let mut start = 0;
@@ -165,14 +212,18 @@ pub fn generate<M: DecodeModel>(
             max_len = len;
             end += 1;
         }
-        out.extend(generate_streams(model, base.as_ref(), request, start..end, tokenizer, config)?);
+        let round = generate_streams(model, base.as_ref(), request, start..end, tokenizer, config)?;
+        stats.add_round(&round);
+        out.extend(round.into_iter().flatten());
         start = end;
     }
-    Ok(out)
+    out.sort_by_key(|r| (r.prompt_index, r.sample_index));
+    Ok((out, stats))
 }
 
 /// Deals the prompts of `range` round-robin to decoding streams on scoped threads (one stream
-/// on the calling thread when there is a single one or the model cannot fork).
+/// on the calling thread when there is a single one or the model cannot fork); one batch of
+/// rollouts per stream.
 fn generate_streams<M: DecodeModel>(
     model: &M,
     base: Option<&M::Fork>,
@@ -180,7 +231,7 @@ fn generate_streams<M: DecodeModel>(
     range: std::ops::Range<usize>,
     tokenizer: Option<&Tokenizer>,
     config: &EngineConfig,
-) -> Result<Vec<Rollout>> {
+) -> Result<Vec<Vec<Rollout>>> {
     let threads = tch::get_num_threads().max(1) as usize;
     let wanted = match (config.streams, model.device()) {
         (0, Device::Cpu) => threads,
@@ -190,7 +241,7 @@ fn generate_streams<M: DecodeModel>(
     let streams = wanted.min(range.len()).max(1);
     let all: Vec<usize> = range.collect();
     let Some(base) = base else {
-        return tch::no_grad(|| generate_chunk(model, request, &all, tokenizer));
+        return Ok(vec![tch::no_grad(|| generate_chunk(model, request, &all, tokenizer))?]);
     };
     let forks = if streams > 1 {
         (0..streams).map(|_| base.fork()).collect::<Result<Option<Vec<_>>>>()?
@@ -198,7 +249,7 @@ fn generate_streams<M: DecodeModel>(
         None
     };
     let Some(forks) = forks else {
-        return tch::no_grad(|| generate_chunk(base, request, &all, tokenizer));
+        return Ok(vec![tch::no_grad(|| generate_chunk(base, request, &all, tokenizer))?]);
     };
     let per_stream = (threads / streams).max(1) as i32;
     let results: Vec<Result<Vec<Rollout>>> = std::thread::scope(|scope| {
@@ -225,12 +276,7 @@ fn generate_streams<M: DecodeModel>(
     });
     // Workers' set_num_threads also set libtorch's default for new threads: restore it.
     tch::set_num_threads(threads as i32);
-    let mut out = Vec::with_capacity(all.len() * request.n);
-    for r in results {
-        out.extend(r?);
-    }
-    out.sort_by_key(|r| (r.prompt_index, r.sample_index));
-    Ok(out)
+    results.into_iter().collect()
 }
 
 fn generate_chunk<M: DecodeModel>(

@@ -14,7 +14,10 @@ mod error;
 mod prompts;
 mod sampling;
 
-pub use engine::{generate, DecodeModel, EngineConfig, FinishReason, Request, Rollout};
+pub use engine::{
+    generate, generate_with_stats, DecodeModel, EngineConfig, EngineStats, FinishReason, Request,
+    Rollout,
+};
 pub use error::{Result, RolloutError};
 pub use prompts::{Demo, DemoPool, PromptBuilder, PromptTemplate, DEFAULT_INSTRUCTION};
 pub use sampling::{sample, sampling_logprobs, Draw, SamplingParams};

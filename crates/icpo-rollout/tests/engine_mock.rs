@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use icpo_policy::Tokenizer;
 use icpo_rollout::{
-    generate, DecodeModel, Demo, DemoPool, EngineConfig, FinishReason, PromptBuilder, Request,
-    Result, SamplingParams,
+    generate, generate_with_stats, DecodeModel, Demo, DemoPool, EngineConfig, EngineStats,
+    FinishReason, PromptBuilder, Request, Result, SamplingParams,
 };
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
@@ -322,4 +322,36 @@ fn demo_pool_hygiene() {
         assert_eq!(drawn[0].id, "d", "the query itself (whitespace aside) is never drawn");
     }
     assert!(pool.draw(2, "What is 2+2?", &mut rng).is_err());
+}
+
+/// The engine's slot accounting against a hand count. Greedy on the mock, prompt `[1, 2]` gives
+/// 3, 4, 5 and prompt `[3]` gives 4, 5, with 5 as EOS: one batch of 4 rows (2 samples each)
+/// that steps 3 times, 12 slot-steps reserved, 10 tokens generated.
+#[test]
+fn engine_stats_count_slot_steps() {
+    assert_eq!(EngineStats::default().slot_utilization(), 0.0);
+    let m = Mock::default();
+    let prompts = vec![vec![1i64, 2], vec![3i64]];
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_new_tokens: 6,
+        stop_on_eos: true,
+        ..Default::default()
+    };
+    let request =
+        Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[5], seed: 3 };
+    let config = EngineConfig { streams: 1, ..Default::default() };
+    let (out, stats) = generate_with_stats(&m, &request, None, &config).unwrap();
+    let lens: Vec<usize> = out.iter().map(|r| r.tokens.len()).collect();
+    assert_eq!(lens, [3, 3, 2, 2]);
+    assert_eq!(
+        stats,
+        EngineStats { batches: 1, decode_steps: 3, slots: 4, slot_steps: 12, generated_tokens: 10 }
+    );
+    assert!((stats.slot_utilization() - 10.0 / 12.0).abs() < 1e-12);
+    // The same samples as `generate`.
+    let plain = generate(&m, &request, None, &config).unwrap();
+    let tokens =
+        |v: &[icpo_rollout::Rollout]| v.iter().map(|r| r.tokens.clone()).collect::<Vec<_>>();
+    assert_eq!(tokens(&plain), tokens(&out));
 }
