@@ -39,13 +39,27 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of the gradients (f64; NaN or ∞ when any gradient is). One host sync.
+    /// Fresh state with both moments already allocated (f32 zeros shaped like each weight), so
+    /// the optimiser's memory is taken when the trainer is built, not at the first update.
+    pub fn for_params(params: &std::collections::HashMap<String, Tensor>) -> Result<Self> {
+        let mut s = AdamW::new();
+        for (name, p) in params {
+            let zeros = || Tensor::f_zeros(p.size(), (Kind::Float, p.device()));
+            s.m.insert(name.clone(), zeros()?);
+            s.v.insert(name.clone(), zeros()?);
+        }
+        Ok(s)
+    }
+
+    /// Global L2 norm of the gradients (NaN or ∞ when any gradient is). Each tensor's norm is
+    /// taken in its own dtype (as `torch.nn.utils.clip_grad_norm_`), without an f64 copy of the
+    /// gradients; the per-tensor norms are summed in f64. One host sync.
     pub fn grad_norm(params: &BTreeMap<String, Tensor>) -> Result<f64> {
         let mut norms = Vec::with_capacity(params.len());
         for p in params.values() {
             let g = p.grad();
             if g.defined() {
-                norms.push(g.f_norm_scalaropt_dtype(2.0, Kind::Double)?);
+                norms.push(g.f_norm()?.f_to_kind(Kind::Double)?);
             }
         }
         if norms.is_empty() {
@@ -264,5 +278,22 @@ mod tests {
             assert!((*a as f64 - b).abs() < 1e-6, "AdamW {a} vs reference {b}");
         }
         assert_eq!(opt.updates, 3);
+        // Moments allocated up front give the same updates.
+        let w2 = Tensor::from_slice(&init.map(|x| x as f32)).set_requires_grad(true);
+        let params2: BTreeMap<String, Tensor> = [("w".to_string(), w2.shallow_clone())].into();
+        let named: std::collections::HashMap<String, Tensor> =
+            [("w".to_string(), w2.shallow_clone())].into();
+        let mut pre = AdamW::for_params(&named).unwrap();
+        assert_eq!((pre.m["w"].size(), pre.v["w"].kind()), (vec![5], Kind::Float));
+        pre.validate(std::path::Path::new("(memory)"), &named).unwrap();
+        for g in &grads {
+            let gt = Tensor::from_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>());
+            (&w2 * &gt).sum(Kind::Float).backward();
+            let norm = AdamW::grad_norm(&params2).unwrap();
+            pre.step(&params2, &cfg, lr, norm).unwrap();
+            zero_grads(&params2);
+        }
+        let got2: Vec<f32> = Vec::try_from(&w2.detach()).unwrap();
+        assert_eq!(got, got2);
     }
 }

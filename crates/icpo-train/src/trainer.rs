@@ -175,6 +175,8 @@ impl Trainer {
                 ),
             });
         }
+        // The optimiser's memory is taken now, not in the middle of the first update.
+        let optim = AdamW::for_params(&policy.named_weights())?;
         Ok(Trainer {
             cfg,
             policy,
@@ -184,7 +186,7 @@ impl Trainer {
             problems,
             demos,
             scorer,
-            optim: AdamW::new(),
+            optim,
             cursor: Cursor::start(),
             step: 0,
             nonfinite_streak: 0,
