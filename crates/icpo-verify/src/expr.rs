@@ -103,6 +103,28 @@ impl Expr {
         Expr::Num(BigRational::from_integer(BigInt::from(n)), None)
     }
 
+    /// Pushes the direct sub-expressions onto `out`.
+    fn push_children<'a>(&'a self, out: &mut Vec<&'a Expr>) {
+        match self {
+            Expr::Add(xs)
+            | Expr::Mul(xs)
+            | Expr::Tuple(xs)
+            | Expr::List(xs)
+            | Expr::Set(xs)
+            | Expr::Union(xs)
+            | Expr::Func(_, xs)
+            | Expr::Rel(xs, _) => out.extend(xs),
+            Expr::Neg(x) | Expr::Factorial(x) | Expr::Abs(x) => out.push(x),
+            Expr::Div(a, b)
+            | Expr::Pow(a, b)
+            | Expr::PlusMinus(a, b)
+            | Expr::In(a, b)
+            | Expr::Interval(a, b, _, _) => out.extend([&**a, &**b]),
+            Expr::Matrix(rows) => out.extend(rows.iter().flatten()),
+            Expr::Num(..) | Expr::Sym(_) | Expr::Pi | Expr::Inf | Expr::Text(_) => {}
+        }
+    }
+
     /// Whether the tree has at most `limit` nodes (counted without recursion, stopping early).
     pub fn nodes_within(&self, limit: usize) -> bool {
         let mut stack = vec![self];
@@ -112,24 +134,7 @@ impl Expr {
             if seen > limit {
                 return false;
             }
-            match e {
-                Expr::Add(xs)
-                | Expr::Mul(xs)
-                | Expr::Tuple(xs)
-                | Expr::List(xs)
-                | Expr::Set(xs)
-                | Expr::Union(xs)
-                | Expr::Func(_, xs)
-                | Expr::Rel(xs, _) => stack.extend(xs),
-                Expr::Neg(x) | Expr::Factorial(x) | Expr::Abs(x) => stack.push(x),
-                Expr::Div(a, b)
-                | Expr::Pow(a, b)
-                | Expr::PlusMinus(a, b)
-                | Expr::In(a, b)
-                | Expr::Interval(a, b, _, _) => stack.extend([&**a, &**b]),
-                Expr::Matrix(rows) => stack.extend(rows.iter().flatten()),
-                Expr::Num(..) | Expr::Sym(_) | Expr::Pi | Expr::Inf | Expr::Text(_) => {}
-            }
+            e.push_children(&mut stack);
         }
         true
     }
@@ -268,31 +273,16 @@ impl Expr {
         (v.is_finite() || matches!(self, Expr::Inf)).then_some(v)
     }
 
-    /// Free symbols (`e` excluded: it is Euler's number).
+    /// Free symbols (`e` excluded: it is Euler's number). Walks the tree without recursion.
     pub fn symbols(&self, out: &mut std::collections::BTreeSet<String>) {
-        match self {
-            Expr::Sym(s) if s != "e" => {
-                out.insert(s.clone());
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            if let Expr::Sym(s) = e {
+                if s != "e" {
+                    out.insert(s.clone());
+                }
             }
-            Expr::Add(xs)
-            | Expr::Mul(xs)
-            | Expr::Tuple(xs)
-            | Expr::List(xs)
-            | Expr::Set(xs)
-            | Expr::Union(xs)
-            | Expr::Func(_, xs) => xs.iter().for_each(|x| x.symbols(out)),
-            Expr::Rel(xs, _) => xs.iter().for_each(|x| x.symbols(out)),
-            Expr::Neg(x) | Expr::Factorial(x) | Expr::Abs(x) => x.symbols(out),
-            Expr::Div(a, b)
-            | Expr::Pow(a, b)
-            | Expr::PlusMinus(a, b)
-            | Expr::In(a, b)
-            | Expr::Interval(a, b, _, _) => {
-                a.symbols(out);
-                b.symbols(out);
-            }
-            Expr::Matrix(rows) => rows.iter().flatten().for_each(|x| x.symbols(out)),
-            _ => {}
+            e.push_children(&mut stack);
         }
     }
 }
