@@ -27,10 +27,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Flushes a directory's entries (renames, new files) to disk. Best effort: some filesystems
+/// refuse to sync a directory, and nothing already written is lost when they do.
+pub fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ mod rope;
 mod tokenizer;
 mod weights;
 
-pub use atomic::write_atomic;
+pub use atomic::{sync_dir, write_atomic};
 pub use cache::KvCache;
 pub use config::{Architecture, DType, ModelConfig, RopeScaling};
 pub use error::{PolicyError, Result};

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use icpo_policy::sync_dir;
+
 use crate::data::Cursor;
 use crate::error::{io_err, write_atomic, Result, TrainError};
 use crate::optim::AdamW;
@@ -90,13 +92,6 @@ pub(crate) fn run_plan(out: &Path, ops: &[FsOp], crash_after: Option<usize>) -> 
     Ok(())
 }
 
-/// Flushes a directory's entries to disk (best effort: some filesystems refuse).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 fn complete(dir: &Path) -> bool {
     dir.join(STATE_FILE).is_file()
 }
@@ -112,16 +107,9 @@ pub fn resolve_latest(out: &Path) -> Result<PathBuf> {
     let named = out.join(name);
     if let Some(base) = name.strip_suffix(".tmp") {
         if complete(&named) {
-            let final_dir = out.join(base);
-            if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(io_err(&final_dir))?;
-            }
-            run_plan(
-                out,
-                &[FsOp::Rename(named, final_dir.clone()), FsOp::Latest(base.into())],
-                None,
-            )?;
-            return Ok(final_dir);
+            // The rest of the interrupted swap (it deletes a `step_N` it replaces).
+            run_plan(out, &swap_plan(out, base, name), None)?;
+            return Ok(out.join(base));
         }
         // The rename was done, `latest` not yet updated.
         let final_dir = out.join(base);
