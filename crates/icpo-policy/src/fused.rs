@@ -31,12 +31,15 @@ pub(crate) fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<
     composed::rms_norm(x, weight.as_ref(), eps)
 }
 
-/// The process-wide switch, first read from `ICPO_FUSED_KERNELS` (`0` turns the kernels off).
+/// A process-wide switch in `cell`, on unless the environment variable `var` is `0`.
+fn env_switch(cell: &'static OnceLock<AtomicBool>, var: &str) -> &'static AtomicBool {
+    cell.get_or_init(|| AtomicBool::new(std::env::var(var).map_or(true, |v| v.trim() != "0")))
+}
+
+/// The kernels' switch, first read from `ICPO_FUSED_KERNELS`.
 fn switch() -> &'static AtomicBool {
     static SWITCH: OnceLock<AtomicBool> = OnceLock::new();
-    SWITCH.get_or_init(|| {
-        AtomicBool::new(std::env::var("ICPO_FUSED_KERNELS").map_or(true, |v| v.trim() != "0"))
-    })
+    env_switch(&SWITCH, "ICPO_FUSED_KERNELS")
 }
 
 /// Whether CPU tensors in f32 or bf16 take the fused kernels: true unless they were not built
@@ -53,12 +56,10 @@ pub fn set_fused_kernels(on: bool) {
     switch().store(on, Ordering::Relaxed);
 }
 
-/// The lean head's switch, first read from `ICPO_LEAN_HEAD` (`0` turns it off).
+/// The lean head's switch, first read from `ICPO_LEAN_HEAD`.
 fn lean_switch() -> &'static AtomicBool {
     static SWITCH: OnceLock<AtomicBool> = OnceLock::new();
-    SWITCH.get_or_init(|| {
-        AtomicBool::new(std::env::var("ICPO_LEAN_HEAD").map_or(true, |v| v.trim() != "0"))
-    })
+    env_switch(&SWITCH, "ICPO_LEAN_HEAD")
 }
 
 /// Whether [`crate::CausalLm::response_logprobs`] takes the lean head (a C++ autograd Function
@@ -220,21 +221,27 @@ mod ffi {
         fn icpo_fused_free_error(err: *mut c_char);
     }
 
-    /// The tensor a call made, or its error message.
-    fn take(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor> {
+    /// `Ok` for a null error, else the C side's message (freed here).
+    fn check(err: *mut c_char) -> Result<()> {
         if err.is_null() {
-            if out.is_null() {
-                return Err(PolicyError::Torch(tch::TchError::Torch(
-                    "fused kernel returned no tensor".into(),
-                )));
-            }
-            // SAFETY: on success the C side set `out` to a new heap `at::Tensor` that we now own.
-            return Ok(unsafe { Tensor::from_ptr(out) });
+            return Ok(());
         }
         // SAFETY: a non-null return is a NUL-terminated message from malloc, freed once here.
         let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
         unsafe { icpo_fused_free_error(err) };
         Err(PolicyError::Torch(tch::TchError::Torch(msg)))
+    }
+
+    /// The tensor a call made, or its error message.
+    fn take(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor> {
+        check(err)?;
+        if out.is_null() {
+            return Err(PolicyError::Torch(tch::TchError::Torch(
+                "fused kernel returned no tensor".into(),
+            )));
+        }
+        // SAFETY: on success the C side set `out` to a new heap `at::Tensor` that we now own.
+        Ok(unsafe { Tensor::from_ptr(out) })
     }
 
     pub(super) fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
@@ -272,11 +279,7 @@ mod ffi {
                 &mut ent,
             )
         };
-        if !err.is_null() {
-            return Err(take(err, ptr::null_mut()).err().unwrap_or_else(|| {
-                PolicyError::Torch(tch::TchError::Torch("chunked head failed".into()))
-            }));
-        }
+        check(err)?;
         Ok((take(ptr::null_mut(), lp)?, take(ptr::null_mut(), ent)?))
     }
 
