@@ -202,6 +202,39 @@ fn decimals_of(e: &Expr) -> Option<u32> {
     }
 }
 
+/// The free variables of `a` and `b` together, in order; `None` when `strict` and they differ.
+fn joint_symbols(a: &Expr, b: &Expr, strict: bool) -> Option<Vec<String>> {
+    let (mut sa, mut sb) = (BTreeSet::new(), BTreeSet::new());
+    a.symbols(&mut sa);
+    b.symbols(&mut sb);
+    if strict && sa != sb {
+        return None;
+    }
+    sa.extend(sb);
+    Some(sa.into_iter().collect())
+}
+
+/// `a` and `b` evaluated at `n` points of `syms` drawn (each in [0.3, 2.7)) from a generator
+/// seeded with `seed`; a point is `None` once the comparison budget is spent.
+fn at_points<'a>(
+    a: &'a Expr,
+    b: &'a Expr,
+    syms: &'a [String],
+    seed: u64,
+    n: usize,
+    budget: &'a mut Budget,
+) -> impl Iterator<Item = Option<(Option<f64>, Option<f64>)>> + 'a {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(move |_| {
+        if !budget.spend() {
+            return None;
+        }
+        let vals: Vec<f64> = syms.iter().map(|_| rng.gen_range(0.3..2.7)).collect();
+        let lookup = |name: &str| syms.iter().position(|s| s == name).map(|i| vals[i]);
+        Some((a.eval(&lookup), b.eval(&lookup)))
+    })
+}
+
 /// The letters of a product of one-letter symbols (`no` parsed as `n·o`), in order.
 fn letters(e: &Expr) -> Option<String> {
     match e {
@@ -250,25 +283,12 @@ fn scalar_eq(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> boo
         }
         return false;
     }
-    let mut syms = BTreeSet::new();
-    g.symbols(&mut syms);
-    let mut ps = BTreeSet::new();
-    p.symbols(&mut ps);
-    if cfg.strict && syms != ps {
-        return false;
-    }
-    syms.extend(ps);
-    let syms: Vec<String> = syms.into_iter().collect();
+    let Some(syms) = joint_symbols(g, p, cfg.strict) else { return false };
     let tol = 10f64.powi(-(cfg.precision as i32));
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x1c90);
     let mut agree = 0;
-    for _ in 0..16 {
-        if !budget.spend() {
-            return false;
-        }
-        let vals: Vec<f64> = syms.iter().map(|_| rng.gen_range(0.3..2.7)).collect();
-        let lookup = |name: &str| syms.iter().position(|s| s == name).map(|i| vals[i]);
-        match (g.eval(&lookup), p.eval(&lookup)) {
+    for point in at_points(g, p, &syms, 0x1c90, 16, budget) {
+        let Some(values) = point else { return false };
+        match values {
             (Some(a), Some(b)) => {
                 if a.is_infinite() || b.is_infinite() {
                     if a != b {
@@ -499,25 +519,18 @@ pub(crate) fn equiv(g: &Expr, p: &Expr, cfg: &VerifyConfig, budget: &mut Budget)
 /// Whether `a = k·b` for one constant `k ≠ 0` at seeded random points of their variables
 /// (the same variables on both sides when `strict`).
 fn proportional(a: &Expr, b: &Expr, cfg: &VerifyConfig, budget: &mut Budget) -> bool {
-    let (mut sa, mut sb) = (BTreeSet::new(), BTreeSet::new());
+    let mut sa = BTreeSet::new();
     a.symbols(&mut sa);
-    b.symbols(&mut sb);
-    if sa.is_empty() || (cfg.strict && sa != sb) {
+    if sa.is_empty() {
         return false;
     }
-    sa.extend(sb);
-    let syms: Vec<String> = sa.into_iter().collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9e37);
+    let Some(syms) = joint_symbols(a, b, cfg.strict) else { return false };
     let tol = 10f64.powi(-(cfg.precision as i32));
     let mut ratio: Option<f64> = None;
     let mut agree = 0;
-    for _ in 0..12 {
-        if !budget.spend() {
-            return false;
-        }
-        let vals: Vec<f64> = syms.iter().map(|_| rng.gen_range(0.3..2.7)).collect();
-        let lookup = |name: &str| syms.iter().position(|s| s == name).map(|i| vals[i]);
-        let (Some(x), Some(y)) = (a.eval(&lookup), b.eval(&lookup)) else { continue };
+    for point in at_points(a, b, &syms, 0x9e37, 12, budget) {
+        let Some(values) = point else { return false };
+        let (Some(x), Some(y)) = values else { continue };
         if y.abs() < 1e-9 || x.abs() < 1e-9 {
             continue;
         }
