@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use icpo::policy::{CausalLm, Tokenizer};
-use icpo::rollout::{DemoPool, PromptBuilder};
+use icpo::rollout::DemoPool;
 use icpo::train::{evaluate, load_problems, EvalConfig, Scorer, TrainConfig, Trainer};
 use icpo::verify::MathReward;
 
@@ -153,10 +153,7 @@ pub fn real_run(
             m["reward/on_policy_mean"], m["ief/acceptance_rate"], m["shaping/gamma"]
         ));
         if eval_every > 0 && t.step() % eval_every == 0 {
-            let mut b = PromptBuilder::new(&eval_tok);
-            b.template = cfg.data.template;
-            b.instruction = cfg.data.instruction.clone();
-            b.max_prompt_tokens = cfg.data.max_prompt_tokens;
+            let b = cfg.data.prompt_builder(&eval_tok);
             for (name, probs) in &evals {
                 let r = evaluate(
                     t.policy(),

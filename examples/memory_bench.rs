@@ -19,6 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use icpo::policy::{set_lean_head, CausalLm, Entropy, LoadOptions, ModelConfig};
+use icpo::train::peak_rss_bytes;
 use tch::{Kind, Tensor};
 
 #[derive(Parser)]
@@ -52,17 +53,6 @@ struct Args {
     plain: bool,
 }
 
-/// The process's peak resident memory so far, in bytes.
-fn peak_rss() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
-    let kb: u64 = line.split_whitespace().nth(1).context("VmHWM value")?.parse()?;
-    Ok(kb * 1024)
-}
-
 fn main() -> Result<()> {
     let a = Args::parse();
     tch::set_num_threads(a.threads);
@@ -93,7 +83,7 @@ fn main() -> Result<()> {
     let prompt = Tensor::f_randint(a.vocab, [b, p], opts)?;
     let response = Tensor::f_randint(a.vocab, [b, r], opts)?;
     let (pmask, rmask) = (Tensor::f_ones([b, p], opts)?, Tensor::f_ones([b, r], opts)?);
-    let before = peak_rss()?;
+    let before = peak_rss_bytes().context("no VmHWM in /proc/self/status")?;
     let t = Instant::now();
     let out =
         model.response_logprobs(&prompt, &pmask, &response, &rmask, Entropy::Differentiable)?;
@@ -105,7 +95,7 @@ fn main() -> Result<()> {
         .f_sub(&entropy.f_mean(Kind::Float)?.f_mul_scalar(0.001)?)?;
     loss.backward();
     let seconds = t.elapsed().as_secs_f64();
-    let peak = peak_rss()?;
+    let peak = peak_rss_bytes().context("no VmHWM in /proc/self/status")?;
     println!(
         "{}",
         serde_json::json!({

@@ -53,13 +53,9 @@ impl DemoPool {
     pub fn from_jsonl(path: impl AsRef<Path>) -> Result<Self> {
         let path: PathBuf = path.as_ref().into();
         let mut demos = Vec::new();
-        for row in icpo_policy::read_jsonl(&path)? {
-            let err = |message: String| RolloutError::Data {
-                path: path.clone(),
-                line: row.line,
-                message,
-            };
-            let v = row.value.clone().map_err(err)?;
+        for icpo_policy::JsonlLine { line, value } in icpo_policy::read_jsonl(&path)? {
+            let err = |message: String| RolloutError::Data { path: path.clone(), line, message };
+            let v = value.map_err(err)?;
             let field = |name: &str| -> Result<String> {
                 v.get(name)
                     .and_then(|x| x.as_str())
@@ -69,7 +65,7 @@ impl DemoPool {
             let id = v
                 .get("id")
                 .and_then(|x| x.as_str())
-                .map_or_else(|| format!("line {}", row.line), str::to_owned);
+                .map_or_else(|| format!("line {line}"), str::to_owned);
             demos.push(Demo { id, problem: field("problem")?, solution: field("solution")? });
         }
         if demos.is_empty() {

@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use icpo_core::{AdvantageEstimator, ErrsConfig, LossConfig, ShapingSchedule};
+use icpo_policy::Tokenizer;
 use icpo_policy::{DType, DeviceOpt, LoadOptions};
-use icpo_rollout::{PromptTemplate, DEFAULT_INSTRUCTION};
+use icpo_rollout::{PromptBuilder, PromptTemplate, DEFAULT_INSTRUCTION};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, TrainError};
@@ -76,6 +77,18 @@ pub struct DataSection {
     /// Demonstrations whose solution holds a URL (`http:`/`https:`) are dropped, as the
     /// authors do. Default true.
     pub demo_drop_urls: bool,
+}
+
+impl DataSection {
+    /// The prompt builder these settings describe (template, instruction, prompt budget): the
+    /// one the trainer, its over-long filter and periodic evaluation build prompts with.
+    pub fn prompt_builder<'a>(&self, tokenizer: &'a Tokenizer) -> PromptBuilder<'a> {
+        let mut builder = PromptBuilder::new(tokenizer);
+        builder.template = self.template;
+        builder.instruction = self.instruction.clone();
+        builder.max_prompt_tokens = self.max_prompt_tokens;
+        builder
+    }
 }
 
 impl Default for DataSection {

@@ -34,4 +34,4 @@ pub use optim::AdamW;
 pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};
 pub use rundir::{run_outputs, RunDir, StartMode, LOCK_FILE};
 pub use sft::supervised_step;
-pub use trainer::{Metrics, Scorer, Trainer};
+pub use trainer::{peak_rss_bytes, Metrics, Scorer, Trainer};

@@ -10,7 +10,7 @@ use crate::error::{Result, TrainError};
 /// Keys that change how a run executes or what it records, not what it computes (memory
 /// knobs such as the micro-batch size change float summation order only). They may differ on
 /// resume; every difference is still reported.
-pub const OPERATIONAL_KEYS: [&str; 10] = [
+pub const OPERATIONAL_KEYS: [&str; 11] = [
     "trainer.total_steps",
     "trainer.save_every",
     "trainer.eval_every",
@@ -21,10 +21,8 @@ pub const OPERATIONAL_KEYS: [&str; 10] = [
     "model.device",
     "rollout.decode_streams",
     "rollout.max_tokens_in_flight",
+    "optim.micro_batch_size",
 ];
-
-/// Memory knobs among the operational keys.
-const MEMORY_KEYS: [&str; 1] = ["optim.micro_batch_size"];
 
 /// A config value that differs between the checkpoint and the resumed run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -89,7 +87,7 @@ pub fn check_config(
             continue;
         }
         let change = ConfigChange { key: key.clone(), saved: s.clone(), now: n.clone() };
-        let ok = OPERATIONAL_KEYS.iter().chain(&MEMORY_KEYS).any(|k| covered(key, k))
+        let ok = OPERATIONAL_KEYS.iter().any(|k| covered(key, k))
             || explicit.iter().any(|k| covered(key, k));
         if ok {
             accepted.push(change);

@@ -8,7 +8,7 @@ use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
 use icpo_loss::{policy_loss, LossAggMode, LossInputs};
 use icpo_policy::{CausalLm, Tokenizer};
 use icpo_rollout::{
-    generate, DemoPool, EngineConfig, FinishReason, PromptBuilder, Request, Rollout, SamplingParams,
+    generate, DemoPool, EngineConfig, FinishReason, Request, Rollout, SamplingParams,
 };
 use icpo_verify::Reward;
 use rand::seq::SliceRandom;
@@ -85,8 +85,8 @@ pub(crate) fn micro_batch_weight(
     }
 }
 
-/// The process's peak resident memory (Linux `VmHWM`), when known.
-fn peak_rss_bytes() -> Option<u64> {
+/// The process's peak resident memory so far (Linux `VmHWM`), when known.
+pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -111,7 +111,7 @@ impl Trainer {
         reference: Option<CausalLm>,
         tokenizer: Tokenizer,
         problems: Vec<Problem>,
-        demos: Option<DemoPool>,
+        mut demos: Option<DemoPool>,
         scorer: Scorer,
     ) -> Result<Self> {
         if cfg.loss.kl_coef > 0.0 && reference.is_none() {
@@ -126,7 +126,6 @@ impl Trainer {
                 message: "IEF needs a demo pool".into(),
             });
         }
-        let mut demos = demos;
         let mut demos_dropped = 0;
         if let Some(pool) = demos.as_mut() {
             demos_dropped =
@@ -153,9 +152,7 @@ impl Trainer {
         // instead of stopping the run (and every resume) when one is drawn.
         let total = problems.len();
         let problems = {
-            let mut builder = PromptBuilder::new(&tokenizer);
-            builder.template = cfg.data.template;
-            builder.instruction = cfg.data.instruction.clone();
+            let builder = cfg.data.prompt_builder(&tokenizer);
             let mut kept = Vec::with_capacity(problems.len());
             for p in problems {
                 let len = tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len();
@@ -234,10 +231,7 @@ impl Trainer {
             cfg.data.shuffle,
         );
         let problems: Vec<Problem> = idx.iter().map(|&i| self.problems[i].clone()).collect();
-        let mut builder = PromptBuilder::new(&self.tokenizer);
-        builder.template = cfg.data.template;
-        builder.instruction = cfg.data.instruction.clone();
-        builder.max_prompt_tokens = cfg.data.max_prompt_tokens;
+        let builder = cfg.data.prompt_builder(&self.tokenizer);
         let plain: Vec<Vec<i64>> = problems
             .iter()
             .map(|p| builder.plain(&p.problem))
