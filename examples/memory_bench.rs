@@ -4,13 +4,14 @@
 //!
 //! A random Qwen3-architecture policy is built in-process from the flags; the pass computes the
 //! response log-probs (with a differentiable entropy term), a token-mean loss and its backward.
-//! `--plain` is the pass without the lean head (autograd keeps every chunk's logits). The last
+//! `--plain` is the pass without the lean head (autograd keeps every chunk's logits) and without
+//! activation checkpointing; `--no-checkpointing` keeps the lean head only. The last
 //! line is JSON with `peak_rss_bytes` (the process's high-water mark, /proc/self/status VmHWM)
 //! and `seconds`. Run one configuration per process: the high-water mark never goes down.
 //!
 //! cargo run --release --example memory_bench -- --vocab 151936 --hidden 512 --intermediate 1536 \
 //!     --layers 6 --heads 8 --kv-heads 4 --head-dim 64 --prompt-len 256 --response-len 4096 \
-//!     --micro-batch 2 --threads 2 [--plain]
+//!     --micro-batch 2 --threads 2 [--plain | --no-checkpointing]
 
 #![allow(missing_docs)] // an example, not an API
 
@@ -48,9 +49,13 @@ struct Args {
     /// libtorch threads.
     #[arg(long, default_value_t = 2)]
     threads: i32,
-    /// The plain pass: no lean head (every chunk's logits kept for the backward).
+    /// The plain pass: no lean head (every chunk's logits kept for the backward) and no
+    /// activation checkpointing (every layer's intermediates kept).
     #[arg(long)]
     plain: bool,
+    /// The lean head without activation checkpointing (to see each one's share).
+    #[arg(long, conflicts_with = "plain")]
+    no_checkpointing: bool,
 }
 
 fn main() -> Result<()> {
@@ -77,7 +82,9 @@ fn main() -> Result<()> {
         std::path::Path::new("(memory_bench)"),
     )?;
     tch::manual_seed(0);
-    let model = CausalLm::new(config, LoadOptions::default())?;
+    let mut model = CausalLm::new(config, LoadOptions::default())?;
+    let checkpointing = !a.plain && !a.no_checkpointing;
+    model.set_gradient_checkpointing(checkpointing);
     let (b, p, r) = (a.micro_batch, a.prompt_len, a.response_len);
     let opts = (Kind::Int64, tch::Device::Cpu);
     let prompt = Tensor::f_randint(a.vocab, [b, p], opts)?;
@@ -99,7 +106,11 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "pass": if a.plain { "plain" } else { "lean head" },
+            "pass": match (a.plain, checkpointing) {
+                (true, _) => "plain",
+                (false, true) => "lean head + checkpointing",
+                (false, false) => "lean head",
+            },
             "tokens": b * (p + r),
             "loss": loss.f_double_value(&[])?,
             "peak_rss_bytes": peak,

@@ -1,5 +1,6 @@
 //! Links libtorch for this crate's tests, examples and binaries (see icpo-build), and compiles
-//! the fused CPU kernels of `csrc/fused.cpp` against libtorch's headers (cfg `icpo_fused`; without
+//! the fused CPU kernels of `csrc/fused.cpp` and the activation checkpointing of
+//! `csrc/recompute.cpp` against libtorch's headers (cfg `icpo_fused`; without
 //! libtorch, as with the `doc-only` feature, the crate uses libtorch's composed ops instead).
 
 use std::path::Path;
@@ -7,7 +8,9 @@ use std::path::Path;
 fn main() {
     icpo_build::link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(icpo_fused)");
-    for file in ["csrc/fused.cpp", "csrc/kernels.cpp", "csrc/kernels.h"] {
+    for file in
+        ["csrc/fused.cpp", "csrc/recompute.cpp", "csrc/ffi.h", "csrc/kernels.cpp", "csrc/kernels.h"]
+    {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -52,6 +55,7 @@ fn main() {
     build
         .cpp(true)
         .file("csrc/fused.cpp")
+        .file("csrc/recompute.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -21,11 +21,15 @@
 #include <string>
 #include <vector>
 
+#include "ffi.h"
 #include "kernels.h"
 
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+using icpo_ffi::check;
+using icpo_ffi::dims;
+using icpo_ffi::guarded;
 
 namespace {
 
@@ -189,10 +193,6 @@ struct Rope : public torch::autograd::Function<Rope> {
   }
 };
 
-void check(bool ok, const std::string& msg) {
-  TORCH_CHECK(ok, msg);
-}
-
 void check_input(const Tensor& t, const char* what) {
   check(t.defined(), std::string(what) + " is undefined");
   check(t.device().is_cpu(), std::string(what) + " must be on the CPU");
@@ -261,37 +261,11 @@ struct ChunkedHead : public torch::autograd::Function<ChunkedHead> {
         dz.sub_(p * (logp + H) * g_ent.slice(0, s, e).unsqueeze(-1));
       }
       dh.slice(0, s, e).copy_(at::matmul(dz.to(weight.scalar_type()), weight));
-      dw.add_(at::matmul(dz.t(), hc.to(at::kFloat)));
+      dw.addmm_(dz.t(), hc.to(at::kFloat));  // in place: no (vocab, hidden) temporary per chunk
     }
     return {dh.view(hidden.sizes()), dw.to(weight.scalar_type()), Tensor(), Tensor(), Tensor()};
   }
 };
-
-char* error_copy(const std::string& msg) {
-  char* p = static_cast<char*>(std::malloc(msg.size() + 1));
-  if (p) std::memcpy(p, msg.c_str(), msg.size() + 1);
-  return p;
-}
-
-template <typename F>
-char* guarded(F f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return error_copy(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return error_copy(e.what());
-  } catch (...) {
-    return error_copy("unknown C++ exception");
-  }
-}
-
-std::string dims(const Tensor& t) {
-  std::string s = "(";
-  for (size_t k = 0; k < t.sizes().size(); ++k) s += (k ? ", " : "") + std::to_string(t.size(k));
-  return s + ")";
-}
 
 }  // namespace
 

@@ -29,25 +29,38 @@ pub(crate) fn single_query_mask(mask: &Tensor, kind: Kind) -> Result<Option<Tens
     Ok(Some(zero.f_where_scalarother(mask, f64::NEG_INFINITY)?))
 }
 
+/// Whether a pass of `kind` activations on `device` attends in f32 ([`attend`]'s `upcast`): on
+/// a CPU in bf16/f16 when gradients are on, since libtorch's CPU flash backward in bf16/f16
+/// takes 2-3x its f32 time (measured on the training pass's shapes) and the f32 round trip
+/// costs less and keeps f32 accuracy. Decided once per pass, so that a checkpointed layer's
+/// recomputation takes the same path as its forward.
+pub(crate) fn upcast_attention(device: Device, kind: Kind) -> Result<bool> {
+    if device != Device::Cpu || kind == Kind::Float {
+        return Ok(false);
+    }
+    // Grad mode, probed: whether an op on a leaf that requires grad records history.
+    let probe = Tensor::f_zeros([1], (Kind::Float, device))?.set_requires_grad(true);
+    Ok(probe.f_mul_scalar(1.0)?.requires_grad())
+}
+
 /// Grouped-query attention of `q (batch, heads, t, head_dim)` over `k`, `v (batch, kv_heads,
 /// len, head_dim)` under the bool `mask (batch, 1, t, len)`, without materialising repeated
 /// keys and values; through [`single_query_attention`] when `single_query` (its additive mask)
-/// is given.
+/// is given; in f32 when `upcast` (see [`upcast_attention`]).
 pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
     single_query: Option<&Tensor>,
+    upcast: bool,
 ) -> Result<Tensor> {
     if let Some(additive) = single_query {
         return single_query_attention(q, k, v, additive);
     }
     let grouped = q.size().get(1) != k.size().get(1);
     let kind = q.kind();
-    if q.device() == Device::Cpu && kind != Kind::Float && q.requires_grad() {
-        // libtorch's CPU flash backward in bf16/f16 takes 2-3x its f32 time (measured on the
-        // training pass's shapes); the f32 round trip costs less and keeps f32 accuracy.
+    if upcast && kind != Kind::Float {
         let f = |t: &Tensor| t.f_to_kind(Kind::Float);
         let out = Tensor::f_scaled_dot_product_attention(
             &f(q)?,

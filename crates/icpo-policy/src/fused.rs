@@ -186,7 +186,7 @@ pub(crate) mod composed {
 
 #[cfg(icpo_fused)]
 #[allow(unsafe_code)] // the C interface of csrc/fused.cpp; every call is checked there
-mod ffi {
+pub(crate) mod ffi {
     use std::ffi::{c_char, CStr};
     use std::ptr;
 
@@ -222,7 +222,7 @@ mod ffi {
     }
 
     /// `Ok` for a null error, else the C side's message (freed here).
-    fn check(err: *mut c_char) -> Result<()> {
+    pub(crate) fn check(err: *mut c_char) -> Result<()> {
         if err.is_null() {
             return Ok(());
         }

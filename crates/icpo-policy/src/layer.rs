@@ -4,8 +4,9 @@ use std::convert::Infallible;
 
 use tch::{Kind, Tensor};
 
+use crate::attention::attend;
 use crate::error::Result;
-use crate::fused;
+use crate::fused::{self, rms_norm};
 
 /// A layer's weights, as the checkpoint stores them (`(out, in)` matrices).
 pub(crate) struct Layer {
@@ -53,6 +54,32 @@ pub(crate) struct Heads {
     pub(crate) q: i64,
     pub(crate) kv: i64,
     pub(crate) dim: i64,
+}
+
+/// What every layer of one pass shares besides its input: sizes, the rotary tables of the
+/// pass's positions and its bool attention mask `(batch, 1, new, keys)`.
+pub(crate) struct PassInputs {
+    pub(crate) heads: Heads,
+    pub(crate) eps: f64,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    pub(crate) mask: Tensor,
+    /// Attention in f32 (see [`crate::attention::upcast_attention`]).
+    pub(crate) upcast_attention: bool,
+}
+
+impl PassInputs {
+    /// A handle on the same tensors (for a closure that outlives the pass's borrow).
+    pub(crate) fn shallow_clone(&self) -> PassInputs {
+        PassInputs {
+            heads: self.heads,
+            eps: self.eps,
+            cos: self.cos.shallow_clone(),
+            sin: self.sin.shallow_clone(),
+            mask: self.mask.shallow_clone(),
+            upcast_attention: self.upcast_attention,
+        }
+    }
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
@@ -211,6 +238,49 @@ impl Layer {
         let q = fused::rope(&q, cos, sin)?.f_transpose(1, 2)?;
         let k = fused::rope(&k, cos, sin)?.f_transpose(1, 2)?;
         Ok((q, k, v))
+    }
+
+    /// The layer applied to `x (batch, t, hidden)` attending among its own tokens, after a
+    /// prefix's keys and values when given (see [`crate::model::Past::Prefix`]): the layer's
+    /// output and its own new keys and values (after RoPE).
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        pass: &PassInputs,
+        prefix: Option<(&Tensor, &Tensor)>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let h = rms_norm(x, Some(&self.input_norm), pass.eps)?;
+        let (q, k, v) = self.attention_inputs(&h, pass.heads, pass.eps, &pass.cos, &pass.sin)?;
+        let y = match prefix {
+            Some((pk, pv)) => {
+                let (k, v) = (Tensor::f_cat(&[pk, &k], 2)?, Tensor::f_cat(&[pv, &v], 2)?);
+                self.attend_and_mlp(x, &q, &k, &v, pass, None)?
+            }
+            None => self.attend_and_mlp(x, &q, &k, &v, pass, None)?,
+        };
+        Ok((y, k, v))
+    }
+
+    /// The rest of the layer once its queries, and all the keys and values they attend to, are
+    /// known: attention, output projection and residual, then the MLP block. `single_query` as
+    /// in [`crate::attention::attend`].
+    pub(crate) fn attend_and_mlp(
+        &self,
+        x: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pass: &PassInputs,
+        single_query: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let size = x.size();
+        let (b, t) = (size[0], size[1]);
+        let width = pass.heads.q * pass.heads.dim;
+        let attn = attend(q, k, v, &pass.mask, single_query, pass.upcast_attention)?;
+        let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, width])?;
+        let x = x.f_add(&self.out_proj(&attn)?)?;
+        let h = rms_norm(&x, Some(&self.post_norm), pass.eps)?;
+        Ok(x.f_add(&self.mlp(&h)?)?)
     }
 
     /// The attention output projection.

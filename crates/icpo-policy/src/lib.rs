@@ -27,6 +27,7 @@ mod jsonl;
 mod layer;
 mod logprobs;
 mod model;
+mod recompute;
 mod rope;
 mod tokenizer;
 mod weights;

@@ -32,7 +32,7 @@ pub struct TokenLogprobs {
 }
 
 /// Elements of a `(chunk, vocab)` block of logits materialised at once (64 Mi f32 = 256 MiB).
-const CHUNK_ELEMENTS: i64 = 1 << 26;
+const CHUNK_ELEMENTS: i64 = 1 << 25;
 
 impl CausalLm {
     /// Log-probabilities of `response_ids` after `prompt_ids`, for a padded batch.

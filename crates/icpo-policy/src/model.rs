@@ -6,12 +6,13 @@ use std::path::Path;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
-use crate::attention::{attend, attention_mask_4d, single_query_mask};
+use crate::attention::{attention_mask_4d, single_query_mask, upcast_attention};
 use crate::cache::KvCache;
 use crate::config::{Architecture, DType, ModelConfig};
 use crate::error::{write_atomic, PolicyError, Result};
 use crate::fused::rms_norm;
-use crate::layer::{Heads, Layer};
+use crate::layer::{Heads, Layer, PassInputs};
+use crate::recompute::recompute;
 use crate::{rope, weights};
 
 /// Where and in which dtype to put a model.
@@ -114,6 +115,8 @@ pub struct CausalLm {
     /// `lm_head` transposed, in a decoding copy on a CPU.
     lm_head_t: Option<Tensor>,
     inv_freq: Tensor,
+    /// Activation checkpointing per layer (see [`CausalLm::set_gradient_checkpointing`]).
+    checkpointing: bool,
 }
 
 impl std::fmt::Debug for CausalLm {
@@ -124,6 +127,7 @@ impl std::fmt::Debug for CausalLm {
             .field("dtype", &self.dtype)
             .field("compute_dtype", &self.compute)
             .field("device", &self.vs.device())
+            .field("gradient_checkpointing", &self.checkpointing)
             .finish()
     }
 }
@@ -264,6 +268,7 @@ impl CausalLm {
             lm_head_t: None,
             layers,
             inv_freq,
+            checkpointing: false,
             vs,
             dtype: options.dtype,
             compute: options.compute_dtype.unwrap_or(options.dtype),
@@ -316,6 +321,7 @@ impl CausalLm {
             lm_head: self.lm_head.shallow_clone(),
             lm_head_t: self.lm_head_t.as_ref().map(Tensor::shallow_clone),
             inv_freq: self.inv_freq.shallow_clone(),
+            checkpointing: self.checkpointing,
         }
     }
 
@@ -345,6 +351,21 @@ impl CausalLm {
             Ok(())
         })?;
         Ok(copy)
+    }
+
+    /// Turns activation checkpointing per decoder layer on or off (default off; Hugging Face's
+    /// `gradient_checkpointing_enable`). On, a pass with gradients keeps only each layer's
+    /// input (and a shared prompt's keys and values) for the backward, which recomputes the
+    /// layer: activation memory falls from every layer's intermediates to one layer's, for
+    /// about one more forward of compute. Gradients are the same (the recomputation is exact).
+    /// Passes without gradients and decoding are unaffected.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    /// Whether activation checkpointing is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     /// The configuration.
@@ -464,6 +485,26 @@ impl CausalLm {
         let eps = c.rms_norm_eps;
         let kind = self.compute.kind();
         let (cos, sin) = rope::cos_sin(&self.inv_freq, positions, kind)?;
+        let heads = Heads { q: c.num_attention_heads, kv: c.num_key_value_heads, dim: c.head_dim };
+        let upcast_attention = upcast_attention(self.device(), kind)?;
+        let pass =
+            PassInputs { heads, eps, cos, sin, mask: mask.shallow_clone(), upcast_attention };
+        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?.f_to_kind(kind)?;
+        if self.checkpointing && !matches!(past, Past::Cache(..)) {
+            for (li, layer) in self.layers.iter().enumerate() {
+                let prefix = match &past {
+                    Past::Prefix(kv) => Some(prefix_of(kv, li, self.layers.len())?),
+                    _ => None,
+                };
+                let (y, kv) =
+                    self.checkpointed_layer(layer, &x, &pass, prefix, kv_out.is_some())?;
+                if let (Some(out), Some(kv)) = (kv_out.as_mut(), kv) {
+                    out.push(kv);
+                }
+                x = y;
+            }
+            return rms_norm(&x, Some(&self.norm), eps);
+        }
         // Mixed precision: products use differentiable casts of the weights.
         let cast: Vec<Layer>;
         let layers = if self.compute == self.dtype {
@@ -472,53 +513,93 @@ impl CausalLm {
             cast = self.layers.iter().map(|l| l.cast(kind)).collect::<Result<_>>()?;
             &cast
         };
-        let mut x = Tensor::f_embedding(&self.embed, ids, -1, false, false)?.f_to_kind(kind)?;
-        let size = ids.size();
-        let (b, t) = (size[0], size[1]);
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let heads = Heads { q: nh, kv: nkv, dim: hd };
         // A decoding step's single query per row: made additive once for all layers.
         let single_query_mask = match &past {
             Past::Cache(..) => single_query_mask(mask, kind)?,
             _ => None,
         };
+        let t = ids.size()[1];
         for (li, layer) in layers.iter().enumerate() {
-            // Attention block.
-            let h = rms_norm(&x, Some(&layer.input_norm), eps)?;
-            let (q, k, v) = layer.attention_inputs(&h, heads, eps, &cos, &sin)?;
-            if let Some(out) = kv_out.as_mut() {
-                out.push((k.shallow_clone(), v.shallow_clone()));
+            if let Past::Cache(cache, start) = &mut past {
+                let h = rms_norm(&x, Some(&layer.input_norm), eps)?;
+                let (q, k, v) = layer.attention_inputs(&h, heads, eps, &pass.cos, &pass.sin)?;
+                cache.keys[li].f_narrow(2, *start, t)?.f_copy_(&k)?;
+                cache.values[li].f_narrow(2, *start, t)?.f_copy_(&v)?;
+                let k = cache.keys[li].f_narrow(2, 0, *start + t)?;
+                let v = cache.values[li].f_narrow(2, 0, *start + t)?;
+                x = layer.attend_and_mlp(&x, &q, &k, &v, &pass, single_query_mask.as_ref())?;
+                continue;
             }
-            let (k, v) = match &mut past {
-                Past::Cache(cache, start) => {
-                    cache.keys[li].f_narrow(2, *start, t)?.f_copy_(&k)?;
-                    cache.values[li].f_narrow(2, *start, t)?.f_copy_(&v)?;
-                    (
-                        cache.keys[li].f_narrow(2, 0, *start + t)?,
-                        cache.values[li].f_narrow(2, 0, *start + t)?,
-                    )
-                }
-                Past::Prefix(kv) => {
-                    let (pk, pv) = kv.get(li).ok_or_else(|| {
-                        PolicyError::Shape(format!(
-                            "shared prefix has {} layers of keys, the model {}",
-                            kv.len(),
-                            self.layers.len()
-                        ))
-                    })?;
-                    (Tensor::f_cat(&[pk, &k], 2)?, Tensor::f_cat(&[pv, &v], 2)?)
-                }
-                Past::None => (k, v),
+            let prefix = match &past {
+                Past::Prefix(kv) => Some(prefix_of(kv, li, self.layers.len())?),
+                _ => None,
             };
-            let attn = attend(&q, &k, &v, mask, single_query_mask.as_ref())?;
-            let attn = attn.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
-            x = x.f_add(&layer.out_proj(&attn)?)?;
-            // MLP block.
-            let h = rms_norm(&x, Some(&layer.post_norm), eps)?;
-            x = x.f_add(&layer.mlp(&h)?)?;
+            let (y, k, v) = layer.forward(&x, &pass, prefix)?;
+            if let Some(out) = kv_out.as_mut() {
+                out.push((k, v));
+            }
+            x = y;
         }
         rms_norm(&x, Some(&self.norm), eps)
     }
+}
+
+impl CausalLm {
+    /// One layer under activation checkpointing (see [`crate::recompute`]): its output, and its
+    /// keys and values when `want_kv`. Only `x` (and the prefix) stay for the backward; under
+    /// mixed precision the weights' casts are made inside, so they are not kept either.
+    fn checkpointed_layer(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        pass: &PassInputs,
+        prefix: Option<(&Tensor, &Tensor)>,
+        want_kv: bool,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        let layer = layer.shallow_clone();
+        let pass = pass.shallow_clone();
+        let cast = (self.compute != self.dtype).then_some(self.compute.kind());
+        let mut inputs = vec![x.shallow_clone()];
+        if let Some((pk, pv)) = prefix {
+            inputs.extend([pk.shallow_clone(), pv.shallow_clone()]);
+        }
+        let outs = recompute(&inputs, move |t: &[Tensor]| -> Result<Vec<Tensor>> {
+            let casted;
+            let layer = match cast {
+                Some(kind) => {
+                    casted = layer.cast(kind)?;
+                    &casted
+                }
+                None => &layer,
+            };
+            let prefix = match t {
+                [_, pk, pv] => Some((pk, pv)),
+                _ => None,
+            };
+            let (y, k, v) = layer.forward(&t[0], &pass, prefix)?;
+            Ok(if want_kv { vec![y, k, v] } else { vec![y] })
+        })?;
+        let n = outs.len();
+        let mut it = outs.into_iter();
+        match (it.next(), it.next(), it.next(), want_kv) {
+            (Some(y), None, None, false) => Ok((y, None)),
+            (Some(y), Some(k), Some(v), true) if n == 3 => Ok((y, Some((k, v)))),
+            _ => Err(PolicyError::Shape(format!(
+                "checkpointed layer returned {n} tensors, expected {}",
+                if want_kv { 3 } else { 1 }
+            ))),
+        }
+    }
+}
+
+/// Layer `li`'s keys and values of a shared prefix.
+fn prefix_of(kv: &[(Tensor, Tensor)], li: usize, layers: usize) -> Result<(&Tensor, &Tensor)> {
+    kv.get(li).map(|(k, v)| (k, v)).ok_or_else(|| {
+        PolicyError::Shape(format!(
+            "shared prefix has {} layers of keys, the model {layers}",
+            kv.len()
+        ))
+    })
 }
 
 /// Where attention finds the keys and values of earlier tokens.

@@ -10,7 +10,7 @@ use crate::error::{Result, TrainError};
 /// Keys that change how a run executes or what it records, not what it computes (memory
 /// knobs such as the micro-batch size change float summation order only). They may differ on
 /// resume; every difference is still reported.
-pub const OPERATIONAL_KEYS: [&str; 11] = [
+pub const OPERATIONAL_KEYS: [&str; 12] = [
     "trainer.total_steps",
     "trainer.save_every",
     "trainer.eval_every",
@@ -19,6 +19,7 @@ pub const OPERATIONAL_KEYS: [&str; 11] = [
     "trainer.max_nonfinite_in_a_row",
     "data.eval_paths",
     "model.device",
+    "model.gradient_checkpointing",
     "rollout.decode_streams",
     "rollout.max_tokens_in_flight",
     "optim.micro_batch_size",

@@ -107,7 +107,7 @@ impl Trainer {
     /// `demos` when `algorithm.ief`.
     pub fn new(
         cfg: TrainConfig,
-        policy: CausalLm,
+        mut policy: CausalLm,
         reference: Option<CausalLm>,
         tokenizer: Tokenizer,
         problems: Vec<Problem>,
@@ -172,6 +172,7 @@ impl Trainer {
                 ),
             });
         }
+        policy.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
         // The optimiser's memory is taken now, not in the middle of the first update.
         let optim = AdamW::for_params(&policy.named_weights())?;
         Ok(Trainer {

@@ -65,6 +65,35 @@ fn mixed_precision_trains_f32_weights() {
     assert!(moved * 2 > before.len(), "only {moved} of {} weights moved", before.len());
 }
 
+/// Activation checkpointing changes memory, not training: two steps with and without it give
+/// the same metrics and the same weights (up to float rounding).
+#[test]
+fn gradient_checkpointing_trains_the_same() {
+    let plain = config("icpo-e2e-ckpt-a", &["loss.kl_coef=0.001"]);
+    let ckpt =
+        config("icpo-e2e-ckpt-b", &["loss.kl_coef=0.001", "model.gradient_checkpointing=true"]);
+    let (mut a, mut b) = (trainer(plain, "e"), trainer(ckpt, "e"));
+    assert!(!a.policy().gradient_checkpointing() && b.policy().gradient_checkpointing());
+    let (ma, mb) = (run(&mut a, 2), run(&mut b, 2));
+    for (step, (x, y)) in ma.iter().zip(&mb).enumerate() {
+        for (k, v) in x {
+            if k.starts_with("timing/") || k.starts_with("perf/") {
+                continue;
+            }
+            assert!(
+                (v - y[k]).abs() <= 1e-5 * v.abs().max(1.0),
+                "step {step} {k}: {v} vs {}",
+                y[k]
+            );
+        }
+    }
+    let (wa, wb) = (a.policy().named_weights(), b.policy().named_weights());
+    for (n, w) in &wa {
+        let d = (w - &wb[n]).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{n}: weights differ by {d}");
+    }
+}
+
 #[test]
 fn errs_off_keeps_every_ief_rollout() {
     // A reward no rollout can earn: ERRS rejects every IEF sample, −ERRS accepts all.
