@@ -101,7 +101,7 @@ pub fn real_run(
         } else {
             &cfg.model.reference_path
         };
-        Some(CausalLm::load(p, opts)?)
+        Some(CausalLm::load(p, cfg.model.reference_load_options()?)?)
     } else {
         None
     };

@@ -56,6 +56,7 @@ fn main() {
         .cpp(true)
         .file("csrc/fused.cpp")
         .file("csrc/recompute.cpp")
+        .file("csrc/device_memory.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -204,8 +204,9 @@ impl Trainer {
         let changes = check_config(&state.config, &now, explicit, &state_path)?;
         icpo_policy::load_safetensors(&dir.join("policy"), &self.policy.named_weights())?;
         let optim_path = dir.join("optimizer.safetensors");
-        let optim = AdamW::load(&optim_path, self.policy.device())?;
+        let mut optim = AdamW::load(&optim_path, self.policy.device())?;
         optim.validate(&optim_path, &self.policy.named_weights())?;
+        optim.prepare(&self.policy.named_weights())?;
         self.optim = optim;
         self.step = state.step;
         self.cursor = state.cursor;

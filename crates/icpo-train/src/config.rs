@@ -17,13 +17,17 @@ use crate::error::{io_err, Result, TrainError};
 pub struct ModelSection {
     /// Hugging Face checkpoint directory of the initial policy (required).
     pub path: String,
-    /// Weight dtype: the dtype the optimiser updates. Default float32; the only one allowed
-    /// for training, since in bfloat16 an AdamW step of lr ≈ 1e-6 on weights of ≈ 1e-2 is
-    /// below the weights' resolution and rounds away (why verl keeps f32 master weights).
+    /// Weight dtype. Default float32 (CPU tests and parity). `bfloat16`, with `compute_dtype`
+    /// bfloat16 too, is mixed precision as GPU trainers run it: the forward and decoding use
+    /// the bf16 weights directly (no per-forward casts, no decoding copy on a GPU), and the
+    /// optimiser keeps f32 master weights, f32 gradient accumulators and f32 moments (an AdamW
+    /// step of lr ≈ 1e-6 on weights of ≈ 1e-2 is below bf16's resolution: it accumulates in
+    /// the master). `float16` is refused (it would need loss scaling).
     pub dtype: DType,
     /// Dtype of activations and products (rollouts and training). Default float32.
-    /// `bfloat16` is mixed precision (f32 weights, bf16 products), as the paper's runs train
-    /// on GPU, and on a CPU with AMX it multiplies several times faster than f32.
+    /// `bfloat16` with f32 weights multiplies by bf16 casts of the weights made at every
+    /// forward (the f32 weights are the master); with bf16 weights, by the weights themselves.
+    /// On a CPU with AMX bf16 multiplies several times faster than f32.
     pub compute_dtype: DType,
     /// `cpu`, `cuda` or `cuda:N`. Default cpu.
     pub device: String,
@@ -38,10 +42,20 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
-    /// Device and dtypes to load the policy (and reference) with.
+    /// Device and dtypes to load the policy with.
     pub fn load_options(&self) -> Result<LoadOptions> {
         let device: DeviceOpt = self.device.parse().map_err(|e| cfg_err("model.device", e))?;
         Ok(LoadOptions { device, dtype: self.dtype, compute_dtype: Some(self.compute_dtype) })
+    }
+
+    /// Device and dtypes to load the reference policy with: its weights held in the compute
+    /// dtype (bf16 under mixed precision: half the memory of f32 weights, and the same
+    /// products, since an f32 model's forward multiplies by bf16 casts anyway). The trainer
+    /// freezes it (no gradients).
+    pub fn reference_load_options(&self) -> Result<LoadOptions> {
+        let mut opts = self.load_options()?;
+        opts.dtype = self.compute_dtype;
+        Ok(opts)
     }
 }
 
@@ -399,11 +413,20 @@ impl TrainConfig {
 
     /// Range checks; the error names the key.
     pub fn validate(&self) -> Result<()> {
-        if self.model.dtype != DType::F32 {
-            return Err(cfg_err(
-                "model.dtype",
-                "training needs float32 weights (AdamW updates of ~lr round away in bfloat16/float16); set model.compute_dtype = \"bfloat16\" for mixed precision",
-            ));
+        match (self.model.dtype, self.model.compute_dtype) {
+            (DType::F16, _) => {
+                return Err(cfg_err(
+                    "model.dtype",
+                    "float16 weights are not supported for training (they need loss scaling); use \"bfloat16\" (f32 master weights in the optimiser) or \"float32\"",
+                ))
+            }
+            (DType::BF16, c) if c != DType::BF16 => {
+                return Err(cfg_err(
+                    "model.compute_dtype",
+                    format!("{} with bfloat16 weights would compute no wider than the weights; set model.compute_dtype = \"bfloat16\"", c.hf_name()),
+                ))
+            }
+            _ => {}
         }
         self.model.load_options()?;
         let positive =
@@ -543,8 +566,9 @@ mod paper_configs {
                     "{name}: {}",
                     c.model.path
                 );
-                // Mixed precision, as verl trains: f32 weights, bf16 products.
-                assert_eq!((c.model.dtype, c.model.compute_dtype), (DType::F32, DType::BF16));
+                // Mixed precision as GPU trainers run it: bf16 weights and products (f32
+                // master weights in the optimiser).
+                assert_eq!((c.model.dtype, c.model.compute_dtype), (DType::BF16, DType::BF16));
                 n += 1;
             }
         }
@@ -552,15 +576,18 @@ mod paper_configs {
     }
 
     #[test]
-    fn bf16_weights_and_bad_devices_are_refused_by_name() {
+    fn narrow_weights_and_bad_devices_are_refused_by_name() {
         let path = ["model.path=\"m\"".to_string(), "data.train_path=\"t.jsonl\"".to_string()];
         let with = |extra: &str| {
             let mut o = path.to_vec();
             o.push(extra.to_string());
             TrainConfig::load(None, &o).map(|_| ()).unwrap_err().to_string()
         };
+        let e = with("model.dtype=\"float16\"");
+        assert!(e.contains("model.dtype") && e.contains("loss scaling"), "{e}");
+        // bf16 weights need bf16 products.
         let e = with("model.dtype=\"bfloat16\"");
-        assert!(e.contains("model.dtype") && e.contains("compute_dtype"), "{e}");
+        assert!(e.contains("model.compute_dtype") && e.contains("float32"), "{e}");
         let e = with("model.device=\"tpu\"");
         assert!(e.contains("model.device"), "{e}");
         let ok = TrainConfig::load(
@@ -570,5 +597,8 @@ mod paper_configs {
         .unwrap();
         let opts = ok.model.load_options().unwrap();
         assert_eq!((opts.dtype, opts.compute_dtype), (DType::F32, Some(DType::BF16)));
+        // The reference is held in the compute dtype.
+        let opts = ok.model.reference_load_options().unwrap();
+        assert_eq!((opts.dtype, opts.compute_dtype), (DType::BF16, Some(DType::BF16)));
     }
 }

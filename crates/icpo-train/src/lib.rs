@@ -30,8 +30,9 @@ pub use config::{
 pub use data::{load_problems, load_verl_parquet, Cursor, Problem};
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, protocol_samples, write_responses, EvalConfig, EvalResult, Graded};
+pub use icpo_policy::peak_rss_bytes;
 pub use optim::AdamW;
 pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};
 pub use rundir::{run_outputs, RunDir, StartMode, LOCK_FILE};
 pub use sft::supervised_step;
-pub use trainer::{peak_rss_bytes, Metrics, Scorer, Trainer};
+pub use trainer::{Metrics, Scorer, Trainer};

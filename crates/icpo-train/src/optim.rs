@@ -1,7 +1,14 @@
 //! AdamW with decoupled weight decay, gradient-norm clipping and the learning-rate schedule;
 //! its state is plain tensors so checkpoints can hold it exactly.
+//!
+//! Mixed precision as GPU trainers run it: for weights held in bf16 (the forward and decoding
+//! use them directly) the optimiser keeps an f32 master copy and an f32 gradient accumulator.
+//! [`AdamW::accumulate`] folds each micro-batch's bf16 `.grad` into the accumulator (so
+//! accumulation across micro-batches rounds in f32), the update is applied to the master and the
+//! bf16 weight is the master rounded; an AdamW step of lr 1e-6 on weights of 1e-2, far below
+//! bf16's resolution, then still accumulates in the master. f32 weights are updated in place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use tch::{Kind, Tensor};
@@ -9,19 +16,33 @@ use tch::{Kind, Tensor};
 use crate::config::{LrSchedule, OptimSection};
 use crate::error::{Result, TrainError};
 
-/// AdamW state: first and second moments per parameter, and the update count.
+/// AdamW state: first and second moments per parameter, the f32 master copies and gradient
+/// accumulators of weights held in a narrower dtype, and the update count.
 #[derive(Debug)]
 pub struct AdamW {
     /// Updates taken.
     pub updates: u64,
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
+    /// f32 master weights of the non-f32 parameters (saved with the state).
+    master: BTreeMap<String, Tensor>,
+    /// f32 gradient accumulators of the non-f32 parameters (not saved: zero between updates).
+    accum: BTreeMap<String, Tensor>,
+    /// Non-f32 parameters that received a gradient since the last update.
+    touched: BTreeSet<String>,
 }
 
 impl AdamW {
     /// Fresh state.
     pub fn new() -> Self {
-        AdamW { updates: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            updates: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+            master: BTreeMap::new(),
+            accum: BTreeMap::new(),
+            touched: BTreeSet::new(),
+        }
     }
 
     /// Learning rate of update number `update` (0-based) out of `total`.
@@ -39,8 +60,10 @@ impl AdamW {
         }
     }
 
-    /// Fresh state with both moments already allocated (f32 zeros shaped like each weight), so
-    /// the optimiser's memory is taken when the trainer is built, not at the first update.
+    /// Fresh state with its memory already allocated — both moments (f32 zeros shaped like
+    /// each weight), and for non-f32 weights the f32 master (a copy of the weight) and gradient
+    /// accumulator — so the optimiser's memory is taken when the trainer is built, not at the
+    /// first update.
     pub fn for_params(params: &std::collections::HashMap<String, Tensor>) -> Result<Self> {
         let mut s = AdamW::new();
         for (name, p) in params {
@@ -48,17 +71,88 @@ impl AdamW {
             s.m.insert(name.clone(), zeros()?);
             s.v.insert(name.clone(), zeros()?);
         }
+        s.prepare(params)?;
         Ok(s)
+    }
+
+    /// Allocates what non-f32 weights need and lacks: the f32 master (a copy of the weight) and
+    /// the gradient accumulator. A no-op for f32 weights.
+    pub fn prepare(&mut self, params: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        for (name, p) in params {
+            if p.kind() == Kind::Float {
+                continue;
+            }
+            if !self.master.contains_key(name) {
+                let copy = tch::no_grad(|| p.f_detach()?.f_to_kind(Kind::Float))?;
+                self.master.insert(name.clone(), copy);
+            }
+            if !self.accum.contains_key(name) {
+                let zeros = Tensor::f_zeros(p.size(), (Kind::Float, p.device()))?;
+                self.accum.insert(name.clone(), zeros);
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds the `.grad` of every non-f32 weight into its f32 accumulator and zeroes it: call
+    /// after each micro-batch's backward, so gradients accumulate in f32 (a bf16 `.grad`
+    /// summed over micro-batches rounds to 8 bits at every addition). [`AdamW::grad_norm`] and
+    /// [`AdamW::step`] fold what is left first.
+    pub fn accumulate(&mut self, params: &BTreeMap<String, Tensor>) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (name, p) in params {
+                let mut g = p.grad();
+                if p.kind() == Kind::Float || !g.defined() {
+                    continue;
+                }
+                let acc = match self.accum.entry(name.clone()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(Tensor::f_zeros(p.size(), (Kind::Float, p.device()))?)
+                    }
+                };
+                let _ = acc.f_add_(&g)?;
+                let _ = g.f_zero_()?;
+                self.touched.insert(name.clone());
+            }
+            Ok(())
+        })
+    }
+
+    /// The f32 gradient of `name` since the last update (after [`AdamW::accumulate`]): its
+    /// accumulator for a non-f32 weight that received one, else `.grad` when defined.
+    fn gradient(&self, name: &str, p: &Tensor) -> Option<Tensor> {
+        if p.kind() != Kind::Float {
+            return self
+                .touched
+                .contains(name)
+                .then(|| self.accum.get(name))
+                .flatten()
+                .map(Tensor::shallow_clone);
+        }
+        let g = p.grad();
+        g.defined().then_some(g)
+    }
+
+    /// Sets every gradient to zero, accumulators included (after an update, or a skipped one).
+    pub fn zero_grad(&mut self, params: &BTreeMap<String, Tensor>) -> Result<()> {
+        zero_grads(params);
+        for name in std::mem::take(&mut self.touched) {
+            if let Some(a) = self.accum.get_mut(&name) {
+                let _ = a.f_zero_()?;
+            }
+        }
+        Ok(())
     }
 
     /// Global L2 norm of the gradients (NaN or ∞ when any gradient is). Each tensor's norm is
     /// taken in its own dtype (as `torch.nn.utils.clip_grad_norm_`), without an f64 copy of the
     /// gradients; the per-tensor norms are summed in f64. One host sync.
-    pub fn grad_norm(params: &BTreeMap<String, Tensor>) -> Result<f64> {
+    pub fn grad_norm(&mut self, params: &BTreeMap<String, Tensor>) -> Result<f64> {
+        self.accumulate(params)?;
         let mut norms = Vec::with_capacity(params.len());
-        for p in params.values() {
-            let g = p.grad();
-            if g.defined() {
+        for (name, p) in params {
+            if let Some(g) = self.gradient(name, p) {
                 norms.push(g.f_norm()?.f_to_kind(Kind::Double)?);
             }
         }
@@ -83,16 +177,16 @@ impl AdamW {
         } else {
             1.0
         };
+        self.accumulate(params)?;
         self.updates += 1;
         let t = self.updates as i32;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         tch::no_grad(|| -> Result<()> {
             for (name, p) in params {
-                let g = p.grad();
-                if !g.defined() {
+                let Some(g) = self.gradient(name, p) else {
                     continue;
-                }
+                };
                 let g = g.f_to_kind(Kind::Float)?;
                 let m = self.m.entry(name.clone()).or_insert_with(|| g.zeros_like());
                 let v = self.v.entry(name.clone()).or_insert_with(|| g.zeros_like());
@@ -107,27 +201,31 @@ impl AdamW {
                 let mut p = p.shallow_clone();
                 if p.kind() == Kind::Float {
                     let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
-                } else {
-                    let new = p
-                        .f_to_kind(Kind::Float)?
-                        .f_mul_scalar(1.0 - lr * cfg.weight_decay)?
-                        .f_sub(&update)?
-                        .f_to_kind(p.kind())?;
-                    p.f_copy_(&new)?;
+                    continue;
                 }
+                // The update goes to the f32 master; the weight is the master rounded.
+                let master = match self.master.entry(name.clone()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(p.f_detach()?.f_to_kind(Kind::Float)?)
+                    }
+                };
+                let _ = master.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
+                p.f_copy_(master)?;
             }
             Ok(())
-        })
+        })?;
+        self.zero_grad(params)
     }
 
-    /// Writes the moments (safetensors) and the update count (inside the same file's names).
+    /// Writes the moments and f32 master weights (safetensors) and the update count (inside
+    /// the same file's names).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (k, t) in &self.m {
-            named.push((format!("m.{k}"), t.shallow_clone()));
-        }
-        for (k, t) in &self.v {
-            named.push((format!("v.{k}"), t.shallow_clone()));
+        for (prefix, tensors) in [("m", &self.m), ("v", &self.v), ("master", &self.master)] {
+            for (k, t) in tensors {
+                named.push((format!("{prefix}.{k}"), t.shallow_clone()));
+            }
         }
         named.push(("updates".into(), Tensor::from_slice(&[self.updates as i64])));
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, t)| (k.as_str(), t)).collect();
@@ -138,9 +236,11 @@ impl AdamW {
         std::fs::rename(&tmp, path).map_err(crate::error::io_err(path))
     }
 
-    /// Checks loaded state against the policy's weights: every moment names a weight, has its
-    /// shape and is float32; after any update every weight has both moments (a file without
-    /// them would silently restart AdamW). Errors name `path` and the tensor.
+    /// Checks loaded state against the policy's weights: every moment and master names a weight,
+    /// has its shape and is float32; after any update every weight has both moments (a file
+    /// without them would silently restart AdamW), and every non-f32 weight has its master (the
+    /// rounded weight cannot stand in for it: resuming would not be exact). Errors name `path`
+    /// and the tensor.
     pub fn validate(
         &self,
         path: &Path,
@@ -151,7 +251,15 @@ impl AdamW {
             line: 0,
             message: format!("tensor `{name}`: {message}"),
         };
-        for (prefix, moments) in [("m", &self.m), ("v", &self.v)] {
+        for (name, w) in weights {
+            if w.kind() != Kind::Float && !self.master.contains_key(name) {
+                return Err(bad(
+                    &format!("master.{name}"),
+                    format!("missing: the weight is {:?} and needs its f32 master", w.kind()),
+                ));
+            }
+        }
+        for (prefix, moments) in [("m", &self.m), ("v", &self.v), ("master", &self.master)] {
             for (name, t) in moments {
                 let key = format!("{prefix}.{name}");
                 let Some(w) = weights.get(name) else {
@@ -167,7 +275,7 @@ impl AdamW {
                     return Err(bad(&key, format!("dtype {:?}, expected Float", t.kind())));
                 }
             }
-            if self.updates > 0 {
+            if self.updates > 0 && prefix != "master" {
                 let mut names: Vec<&String> = weights.keys().collect();
                 names.sort();
                 if let Some(missing) = names.into_iter().find(|n| !moments.contains_key(*n)) {
@@ -190,6 +298,8 @@ impl AdamW {
                 s.m.insert(name.into(), t);
             } else if let Some(name) = k.strip_prefix("v.") {
                 s.v.insert(name.into(), t);
+            } else if let Some(name) = k.strip_prefix("master.") {
+                s.master.insert(name.into(), t);
             } else if k == "updates" {
                 s.updates = t.f_int64_value(&[0])? as u64;
             } else {
@@ -205,7 +315,7 @@ impl AdamW {
 }
 
 /// Sets every gradient to zero (after an update, or after a skipped one).
-pub(crate) fn zero_grads(params: &BTreeMap<String, Tensor>) {
+fn zero_grads(params: &BTreeMap<String, Tensor>) {
     for p in params.values() {
         let mut g = p.grad();
         if g.defined() {
@@ -265,7 +375,7 @@ mod tests {
         for g in &grads {
             let gt = Tensor::from_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>());
             (&w * &gt).sum(Kind::Float).backward();
-            let norm = AdamW::grad_norm(&params).unwrap();
+            let norm = opt.grad_norm(&params).unwrap();
             let want = g.iter().map(|x| x * x).sum::<f64>().sqrt();
             assert!((norm - want).abs() < 1e-6, "grad norm {norm} vs {want}");
             opt.step(&params, &cfg, lr, norm).unwrap();
@@ -289,11 +399,90 @@ mod tests {
         for g in &grads {
             let gt = Tensor::from_slice(&g.iter().map(|&x| x as f32).collect::<Vec<_>>());
             (&w2 * &gt).sum(Kind::Float).backward();
-            let norm = AdamW::grad_norm(&params2).unwrap();
+            let norm = pre.grad_norm(&params2).unwrap();
             pre.step(&params2, &cfg, lr, norm).unwrap();
             zero_grads(&params2);
         }
         let got2: Vec<f32> = Vec::try_from(&w2.detach()).unwrap();
         assert_eq!(got, got2);
+    }
+
+    /// bf16 weights: the update goes to the f32 master exactly as AdamW on f32 weights (the
+    /// f64 reference), the weight is the master rounded, an lr-1e-6 step moves the master
+    /// at once and the bf16 weight only once the steps add up to its resolution; micro-batch
+    /// gradients accumulate in f32; the master is saved and required at load.
+    #[test]
+    fn bf16_weights_update_an_f32_master() {
+        let cfg = OptimSection { weight_decay: 0.0, grad_clip: 1e9, ..OptimSection::default() };
+        let init = [0.01f32, -0.02, 0.015];
+        let w = Tensor::from_slice(&init).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let params: BTreeMap<String, Tensor> = [("w".to_string(), w.shallow_clone())].into();
+        let named: std::collections::HashMap<String, Tensor> =
+            [("w".to_string(), w.shallow_clone())].into();
+        let mut opt = AdamW::for_params(&named).unwrap();
+        let rounded: Vec<f64> = Vec::<f32>::try_from(&w.to_kind(Kind::Float))
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        // Two micro-batches of 1/3 each: summed in bf16 they would round, in f32 they do not.
+        let third = Tensor::from_slice(&[1.0f32 / 3.0; 3]);
+        let mut grads = Vec::new();
+        for _ in 0..2 {
+            (&w * third.to_kind(Kind::BFloat16)).sum(Kind::Float).backward();
+            opt.accumulate(&params).unwrap();
+        }
+        let g1 = opt.accum["w"].double_value(&[0]);
+        let bf16_third = third.to_kind(Kind::BFloat16).double_value(&[0]);
+        assert_eq!(g1, 2.0 * bf16_third, "f32 sum of the two bf16 gradients");
+        grads.push(vec![g1; 3]);
+        let lr = 1e-6;
+        let norm = opt.grad_norm(&params).unwrap();
+        opt.step(&params, &cfg, lr, norm).unwrap();
+        let master: Vec<f32> = Vec::try_from(&opt.master["w"]).unwrap();
+        let mut expect = rounded.clone();
+        reference(&mut expect, &grads, &cfg, lr);
+        for (a, b) in master.iter().zip(&expect) {
+            assert!((*a as f64 - b).abs() < 1e-9, "master {a} vs reference {b}");
+        }
+        assert!(master.iter().zip(&rounded).all(|(a, b)| (*a as f64 - b).abs() > 5e-7));
+        let now: Vec<f32> = Vec::try_from(&w.to_kind(Kind::Float)).unwrap();
+        assert_eq!(
+            now.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            rounded,
+            "below bf16's resolution"
+        );
+        assert_eq!(opt.accum["w"].abs().sum(Kind::Float).double_value(&[]), 0.0, "zeroed");
+        // Enough steps of the same gradient move the bf16 weights too (their resolution at 0.02
+        // is 2^-13 ≈ 1.2e-4: about 60 steps of 1e-6 reach half of it).
+        for _ in 0..150 {
+            (&w * &third.to_kind(Kind::BFloat16)).sum(Kind::Float).backward();
+            let norm = opt.grad_norm(&params).unwrap();
+            opt.step(&params, &cfg, lr, norm).unwrap();
+        }
+        let moved: Vec<f32> = Vec::try_from(&w.to_kind(Kind::Float)).unwrap();
+        assert!(moved.iter().zip(&rounded).all(|(a, b)| (*a as f64) < *b), "{moved:?}");
+        let master = opt.master["w"].to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        assert_eq!(
+            Vec::<f32>::try_from(&master).unwrap(),
+            moved,
+            "the weight is the master rounded"
+        );
+        // Saved and loaded with its master; without it, the state is refused by name.
+        let dir = std::env::temp_dir().join(format!("icpo-optim-master-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("optimizer.safetensors");
+        opt.save(&path).unwrap();
+        let back = AdamW::load(&path, tch::Device::Cpu).unwrap();
+        back.validate(&path, &named).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(&back.master["w"]).unwrap(),
+            Vec::<f32>::try_from(&opt.master["w"]).unwrap()
+        );
+        let mut lost = back;
+        lost.master.clear();
+        let e = lost.validate(&path, &named).unwrap_err().to_string();
+        assert!(e.contains("master.w") && e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 use crate::batch::{pad, Trajectory};
 use crate::config::OptimSection;
 use crate::error::{Result, TrainError};
-use crate::optim::{zero_grads, AdamW};
+use crate::optim::AdamW;
 
 /// One AdamW step on the mean negative log-likelihood of `responses` after `prompts` (token
 /// mean over the batch). Returns the loss before the update.
@@ -53,8 +53,7 @@ pub fn supervised_step(
     }
     loss.backward();
     let params: BTreeMap<String, Tensor> = policy.named_weights().into_iter().collect();
-    let norm = AdamW::grad_norm(&params)?;
+    let norm = optim.grad_norm(&params)?;
     optim.step(&params, cfg, lr, norm)?;
-    zero_grads(&params);
     Ok(value)
 }

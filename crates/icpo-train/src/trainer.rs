@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
 use icpo_loss::{policy_loss, LossAggMode, LossInputs};
-use icpo_policy::{CausalLm, Tokenizer};
+use icpo_policy::{peak_memory_bytes, reset_peak_memory, CausalLm, Tokenizer};
 use icpo_rollout::{
     generate, DemoPool, EngineConfig, FinishReason, Request, Rollout, SamplingParams,
 };
@@ -19,7 +19,7 @@ use crate::batch::{pad, unpad, Trajectory};
 use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
-use crate::optim::{zero_grads, AdamW};
+use crate::optim::AdamW;
 use crate::rundir::{RunDir, StartMode};
 
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
@@ -85,14 +85,6 @@ pub(crate) fn micro_batch_weight(
     }
 }
 
-/// The process's peak resident memory so far (Linux `VmHWM`), when known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
     // SplitMix-style mixing: distinct streams per (step, purpose).
     let mut z =
@@ -108,7 +100,7 @@ impl Trainer {
     pub fn new(
         cfg: TrainConfig,
         mut policy: CausalLm,
-        reference: Option<CausalLm>,
+        mut reference: Option<CausalLm>,
         tokenizer: Tokenizer,
         problems: Vec<Problem>,
         mut demos: Option<DemoPool>,
@@ -173,6 +165,10 @@ impl Trainer {
             });
         }
         policy.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
+        // The reference never trains: no gradient is ever taken or kept for it.
+        if let Some(r) = reference.as_mut() {
+            r.var_store_mut().freeze();
+        }
         // The optimiser's memory is taken now, not in the middle of the first update.
         let optim = AdamW::for_params(&policy.named_weights())?;
         Ok(Trainer {
@@ -201,6 +197,11 @@ impl Trainer {
         &self.policy
     }
 
+    /// The frozen reference policy, when the run keeps one (`loss.kl_coef > 0`).
+    pub fn reference(&self) -> Option<&CausalLm> {
+        self.reference.as_ref()
+    }
+
     /// Steps completed.
     pub fn step(&self) -> u64 {
         self.step
@@ -220,6 +221,8 @@ impl Trainer {
     /// Runs one training step on the next problems and returns its metrics.
     pub fn train_step(&mut self) -> Result<Metrics> {
         let t_start = Instant::now();
+        // `perf/peak_memory_gb` is this step's own peak.
+        reset_peak_memory(self.policy.device());
         let cfg = self.cfg.clone();
         let n_off = if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 };
         let mut rng = ChaCha8Rng::seed_from_u64(seed_for(cfg.trainer.seed, self.step, 0));
@@ -497,11 +500,13 @@ impl Trainer {
                         break;
                     }
                     loss.loss.f_mul_scalar(w)?.backward();
+                    // bf16 weights: this micro-batch's gradient joins the f32 accumulator.
+                    self.optim.accumulate(&params)?;
                     for (k, v) in loss.metrics {
                         *mb_metrics.entry(k).or_default() += w * v;
                     }
                 }
-                let norm = AdamW::grad_norm(&params)?;
+                let norm = self.optim.grad_norm(&params)?;
                 let lr = AdamW::lr_at(&cfg.optim, self.optim.updates, total_updates);
                 if finite && norm.is_finite() {
                     self.optim.step(&params, &cfg.optim, lr, norm)?;
@@ -516,14 +521,14 @@ impl Trainer {
                     skipped += 1.0;
                     self.nonfinite_streak += 1;
                     if self.nonfinite_streak >= cfg.trainer.max_nonfinite_in_a_row {
-                        zero_grads(&params);
+                        self.optim.zero_grad(&params)?;
                         return Err(TrainError::Aborted(format!(
                             "{} non-finite updates in a row at step {} (loss or gradient NaN/∞); lower optim.lr or check the data",
                             self.nonfinite_streak, self.step
                         )));
                     }
                 }
-                zero_grads(&params);
+                self.optim.zero_grad(&params)?;
             }
         }
         let train_s = t_train.elapsed().as_secs_f64();
@@ -572,9 +577,8 @@ impl Trainer {
         m.insert("timing/training_s".into(), train_s);
         m.insert("timing/step_s".into(), step_s);
         m.insert("perf/tokens_per_s".into(), new_tokens / step_s.max(1e-9));
-        if let Some(bytes) = peak_rss_bytes() {
-            // The process's high-water mark so far (CPU memory; CUDA allocator stats are not
-            // exposed through tch yet).
+        if let Some(bytes) = peak_memory_bytes(self.policy.device()) {
+            // This step's peak: CUDA's allocator on a GPU, the process's RSS on a CPU.
             m.insert("perf/peak_memory_gb".into(), bytes as f64 / 1e9);
         }
         self.step += 1;
@@ -683,14 +687,5 @@ mod tests {
         let exact = seqs.iter().flatten().sum::<f64>() / mb_tokens as f64;
         assert!((weighted(LossAggMode::TokenMean) - exact).abs() < 1e-12);
         assert!((authors - exact).abs() > 0.1, "the two really differ on unequal lengths");
-    }
-
-    #[test]
-    fn peak_memory_is_read_from_the_kernel() {
-        let before = peak_rss_bytes().unwrap();
-        let big = vec![1u8; 64 << 20];
-        let after = peak_rss_bytes().unwrap();
-        assert!(after >= before && after >= big.len() as u64, "{before} → {after}");
-        assert_eq!(big.iter().map(|&b| u64::from(b)).sum::<u64>(), 64 << 20);
     }
 }

@@ -65,6 +65,77 @@ fn mixed_precision_trains_f32_weights() {
     assert!(moved * 2 > before.len(), "only {moved} of {} weights moved", before.len());
 }
 
+/// bf16 weights with f32 masters in the optimiser: finite steps, weights stay bf16 and move,
+/// the reference is held in bf16 without gradients, the checkpoint's policy is a bf16 Hugging
+/// Face checkpoint, and a resumed run equals an uninterrupted one (the masters are saved).
+#[test]
+fn bf16_weights_train_and_resume_exactly() {
+    let out = std::env::temp_dir().join(format!("icpo-e2e-bf16w-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = format!("trainer.output_dir=\"{}\"", out.display());
+    let cfg = || {
+        config(
+            "unused",
+            &[
+                &o,
+                "model.dtype=\"bfloat16\"",
+                "model.compute_dtype=\"bfloat16\"",
+                "loss.kl_coef=0.001",
+            ],
+        )
+    };
+    let mut straight = trainer(cfg(), "e");
+    let before: Vec<(String, tch::Tensor)> =
+        straight.policy().named_weights().into_iter().map(|(n, w)| (n, w.copy())).collect();
+    let full = run(&mut straight, 3);
+    for m in &full {
+        for k in ["actor/pg_loss", "actor/kl", "actor/grad_norm"] {
+            assert!(m[k].is_finite(), "{k} = {}", m[k]);
+        }
+        assert_eq!(m["train/skipped_updates"], 0.0);
+    }
+    let after = straight.policy().named_weights();
+    let moved = before
+        .iter()
+        .filter(|(n, w)| {
+            assert_eq!(after[n].kind(), tch::Kind::BFloat16, "{n} stays bf16");
+            (&after[n] - w).abs().max().double_value(&[]) > 0.0
+        })
+        .count();
+    assert!(moved * 2 > before.len(), "only {moved} of {} weights moved", before.len());
+    let reference = straight.reference().expect("β > 0 keeps a reference");
+    for (n, w) in reference.named_weights() {
+        assert_eq!(w.kind(), tch::Kind::BFloat16, "reference {n}");
+        assert!(!w.requires_grad(), "reference {n} is frozen");
+    }
+
+    let mut first = trainer(cfg(), "e");
+    let _ = run(&mut first, 2);
+    first.save_checkpoint(&out).unwrap();
+    drop(first);
+    let ckpt = out.join("step_000002/policy");
+    let saved = std::fs::read_to_string(ckpt.join("config.json")).unwrap();
+    assert!(saved.contains("\"bfloat16\""), "{saved}");
+    let mut resumed = trainer(cfg(), "e");
+    resumed.resume(&out).unwrap();
+    let third = resumed.train_step().unwrap();
+    for (k, v) in &full[2] {
+        if k.starts_with("timing/") || k.starts_with("perf/") {
+            continue;
+        }
+        assert!(
+            (v - third[k]).abs() <= 1e-6 * v.abs().max(1.0),
+            "{k}: uninterrupted {v} vs resumed {}",
+            third[k]
+        );
+    }
+    let resumed_w = resumed.policy().named_weights();
+    for (n, w) in &after {
+        assert!(w.equal(&resumed_w[n]), "{n}: resumed weights differ");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// Activation checkpointing changes memory, not training: two steps with and without it give
 /// the same metrics and the same weights (up to float rounding).
 #[test]

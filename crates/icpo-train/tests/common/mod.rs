@@ -48,7 +48,8 @@ pub fn config(out: &str, overrides: &[&str]) -> TrainConfig {
 pub fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
     let opts = cfg.model.load_options().unwrap();
     let policy = CausalLm::load(tiny(), opts).unwrap();
-    let reference = (cfg.loss.kl_coef > 0.0).then(|| CausalLm::load(tiny(), opts).unwrap());
+    let reference = (cfg.loss.kl_coef > 0.0)
+        .then(|| CausalLm::load(tiny(), cfg.model.reference_load_options().unwrap()).unwrap());
     let tok = Tokenizer::from_dir(tiny()).unwrap();
     let problems = (0..8)
         .map(|i| Problem {
