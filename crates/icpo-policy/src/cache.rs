@@ -111,6 +111,81 @@ impl KvCache {
         Ok(())
     }
 
+    /// Writes rows `rows` of `from` (a prefill of new prompts, i64 indices) into rows `slots` of
+    /// this cache, for continuous batching: `from`'s filled columns land right-aligned on this
+    /// cache's, so a new prompt's last token sits in the last filled column like every other
+    /// row's; the rest of those rows is masked out, so nothing of a slot's former sequence is
+    /// seen. When `from` holds more columns than this cache has filled, the cache first grows
+    /// that many at the front (returned; 0 otherwise). Only the written rows are copied.
+    pub fn admit(&mut self, slots: &Tensor, from: &KvCache, rows: &Tensor) -> Result<i64> {
+        if from.keys.len() != self.keys.len() {
+            return Err(PolicyError::Shape(format!(
+                "admit: the new rows have {} layers, the cache {}",
+                from.keys.len(),
+                self.keys.len()
+            )));
+        }
+        let device = self.key_mask.device();
+        let (slots, rows) = (slots.f_to_device(device)?, rows.f_to_device(device)?);
+        let p = from.len;
+        let grown = (p - self.len).max(0);
+        if grown > 0 {
+            let front = |t: &Tensor, dim: i64| -> Result<Tensor> {
+                let mut size = t.size();
+                size[dim as usize] = grown;
+                let pad = Tensor::f_zeros(&size, (t.kind(), t.device()))?;
+                Ok(Tensor::f_cat(&[&pad, t], dim)?)
+            };
+            for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+                *t = front(t, 2)?;
+            }
+            self.key_mask = front(&self.key_mask, 1)?;
+            self.len += grown;
+        }
+        let start = self.len - p;
+        for (dst, src) in
+            self.keys.iter_mut().zip(&from.keys).chain(self.values.iter_mut().zip(&from.values))
+        {
+            let new = src.f_narrow(2, 0, p)?.f_index_select(0, &rows)?;
+            let _ = dst.f_narrow(2, start, p)?.f_index_copy_(0, &slots, &new)?;
+        }
+        let _ = self.key_mask.f_index_fill_(0, &slots, 0)?;
+        let new_mask = from.key_mask.f_narrow(1, 0, p)?.f_index_select(0, &rows)?;
+        let _ = self.key_mask.f_narrow(1, start, p)?.f_index_copy_(0, &slots, &new_mask)?;
+        let positions = from.next_position.f_index_select(0, &rows)?;
+        let _ = self.next_position.f_index_copy_(0, &slots, &positions)?;
+        Ok(grown)
+    }
+
+    /// Keeps only the last `keep` filled columns, moved to the front (`len` becomes `keep`):
+    /// for continuous batching, whose rows' live tokens all end at the last filled column.
+    pub fn keep_last(&mut self, keep: i64) -> Result<()> {
+        if keep < 0 || keep > self.len {
+            return Err(PolicyError::Shape(format!(
+                "keep_last: {keep} columns of {} filled",
+                self.len
+            )));
+        }
+        let drop = self.len - keep;
+        if drop == 0 {
+            return Ok(());
+        }
+        // Through a copy: the source and destination columns may overlap.
+        let shift = |t: &mut Tensor, dim: i64| -> Result<()> {
+            let view = t.f_narrow(dim, drop, keep)?;
+            let mut tail = view.f_empty_like()?;
+            tail.f_copy_(&view)?;
+            t.f_narrow(dim, 0, keep)?.f_copy_(&tail)?;
+            Ok(())
+        };
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            shift(t, 2)?;
+        }
+        shift(&mut self.key_mask, 1)?;
+        self.len = keep;
+        Ok(())
+    }
+
     /// Repeats every row `n` times in place (row `i` becomes rows `i*n .. i*n+n`), so that the
     /// prefill of a prompt is shared by the `n` samples of its group.
     pub fn repeat_interleave(&mut self, n: i64) -> Result<()> {

@@ -1,14 +1,13 @@
-//! The generation engine: prefill once per prompt, share it across the prompt's group, decode
-//! with the KV cache, drop finished sequences from the batch as they stop.
+//! The generation engine: requests, rollouts, the model interface, and the decoding streams
+//! that run the continuous-batching slot pool of [`crate::pool`].
 
 use icpo_policy::{CausalLm, KvCache, Tokenizer};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::{Result, RolloutError};
-use crate::sampling::{sample, SamplingParams};
+use crate::pool::decode_pool;
+use crate::sampling::SamplingParams;
 
 /// A model the engine can decode with: [`CausalLm`], or a mock in tests.
 pub trait DecodeModel {
@@ -23,12 +22,25 @@ pub trait DecodeModel {
     fn device(&self) -> Device;
     /// Runs left-padded prompts `(batch, len)`; returns last-position logits `(batch, vocab)`.
     fn prefill(&self, ids: &Tensor, mask: &Tensor, capacity: i64) -> Result<(Tensor, Self::Cache)>;
-    /// Feeds one token per row `(batch, 1)`; returns the next logits `(batch, vocab)`.
-    fn step(&self, tokens: &Tensor, cache: &mut Self::Cache) -> Result<Tensor>;
-    /// Repeats each row `n` times (row `i` → rows `i*n..i*n+n`).
-    fn repeat_rows(&self, cache: &mut Self::Cache, n: i64) -> Result<()>;
-    /// Keeps rows `index` in that order.
+    /// Feeds one token per row `(batch, 1)`, where `live (batch, 1)` is 1 (a row whose slot
+    /// is idle feeds a masked token that later tokens do not see); returns the next logits
+    /// `(batch, vocab)`.
+    fn step(&self, tokens: &Tensor, live: &Tensor, cache: &mut Self::Cache) -> Result<Tensor>;
+    /// Keeps rows `index` in that order (rows may repeat).
     fn select_rows(&self, cache: &mut Self::Cache, index: &Tensor) -> Result<()>;
+    /// Writes rows `rows` of `from` (a prefill of new prompts) into rows `slots` of `cache`, its
+    /// last prompt column at the cache's last filled column and nothing else of those rows
+    /// visible; returns how many columns the cache grew at the front to make room (for a prompt
+    /// longer than what it holds).
+    fn admit(
+        &self,
+        cache: &mut Self::Cache,
+        slots: &Tensor,
+        from: &Self::Cache,
+        rows: &Tensor,
+    ) -> Result<i64>;
+    /// Keeps only the last `keep` filled columns, moved to the front.
+    fn compact(&self, cache: &mut Self::Cache, keep: i64) -> Result<()>;
 }
 
 impl DecodeModel for CausalLm {
@@ -43,15 +55,23 @@ impl DecodeModel for CausalLm {
     fn prefill(&self, ids: &Tensor, mask: &Tensor, capacity: i64) -> Result<(Tensor, KvCache)> {
         Ok(CausalLm::prefill(self, ids, mask, capacity)?)
     }
-    fn step(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let ones = tokens.f_ones_like()?;
-        Ok(self.decode(tokens, &ones, cache)?.f_select(1, 0)?)
-    }
-    fn repeat_rows(&self, cache: &mut KvCache, n: i64) -> Result<()> {
-        Ok(cache.repeat_interleave(n)?)
+    fn step(&self, tokens: &Tensor, live: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.decode(tokens, live, cache)?.f_select(1, 0)?)
     }
     fn select_rows(&self, cache: &mut KvCache, index: &Tensor) -> Result<()> {
         Ok(cache.select(index)?)
+    }
+    fn admit(
+        &self,
+        cache: &mut KvCache,
+        slots: &Tensor,
+        from: &KvCache,
+        rows: &Tensor,
+    ) -> Result<i64> {
+        Ok(cache.admit(slots, from, rows)?)
+    }
+    fn compact(&self, cache: &mut KvCache, keep: i64) -> Result<()> {
+        Ok(cache.keep_last(keep)?)
     }
 }
 
@@ -91,8 +111,10 @@ pub struct Rollout {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// Bound on `rows × (prompt_len + max_new_tokens)` decoded at once; larger requests are
-    /// split into chunks of prompts (a prompt's group is never split). Default 262,144.
+    /// Bound on the KV cache's token slots: the engine decodes through
+    /// `max_tokens_in_flight / columns` slots (at least one), where `columns` is 1.5 ×
+    /// (longest prompt + `max_new_tokens`), refilling a slot as soon as its sequence ends
+    /// (continuous batching). Default 262,144.
     pub max_tokens_in_flight: usize,
     /// Decoding streams: the prompts of a chunk are dealt to this many threads, each decoding
     /// its share with `threads / streams` libtorch threads. On a CPU this keeps every core busy
@@ -127,13 +149,13 @@ pub struct Request<'a> {
 /// How a [`generate`] call used its decode slots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct EngineStats {
-    /// Batches decoded (chunks × streams).
+    /// Slot pools decoded (one per stream).
     pub batches: usize,
-    /// Decode steps, summed over batches (a batch steps until its longest member ends).
+    /// Decode steps (one token for every live slot), summed over streams.
     pub decode_steps: usize,
-    /// Most rows decoding at once (over concurrent streams).
+    /// Most rows of one stream's batch at once, summed over streams.
     pub slots: usize,
-    /// Σ over batches of rows × steps: the slot-steps reserved.
+    /// Σ over decode steps of the rows in the batch: the slot-steps reserved.
     pub slot_steps: usize,
     /// Tokens generated.
     pub generated_tokens: usize,
@@ -143,20 +165,6 @@ impl EngineStats {
     /// Generated tokens ÷ slot-steps reserved: the share of decode slots doing useful work.
     pub fn slot_utilization(&self) -> f64 {
         self.generated_tokens as f64 / self.slot_steps.max(1) as f64
-    }
-
-    /// Adds the batches of one concurrent round (one per stream).
-    fn add_round(&mut self, batches: &[Vec<Rollout>]) {
-        let mut rows_now = 0;
-        for b in batches {
-            let steps = b.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
-            self.batches += 1;
-            self.decode_steps += steps;
-            self.slot_steps += b.len() * steps;
-            self.generated_tokens += b.iter().map(|r| r.tokens.len()).sum::<usize>();
-            rows_now += b.len();
-        }
-        self.slots = self.slots.max(rows_now);
     }
 }
 
@@ -193,55 +201,48 @@ pub fn generate_with_stats<M: DecodeModel>(
     if let Some(i) = request.prompts.iter().position(Vec::is_empty) {
         return Err(RolloutError::Input(format!("prompt {i} is empty")));
     }
-    let mut out = Vec::with_capacity(request.prompts.len() * request.n);
-    let mut stats = EngineStats::default();
-    // One decoding handle (packed weights on a CPU) for all chunks and streams.
+    // One decoding handle (packed weights on a CPU) for all streams.
     let base = model.fork()?;
-    let mut start = 0;
-    while start < request.prompts.len() {
-        // Grow the chunk while its footprint stays within the bound (at least one prompt).
-        let mut end = start + 1;
-        let mut max_len = request.prompts[start].len();
-        while end < request.prompts.len() {
-            let len = max_len.max(request.prompts[end].len());
-            if (end + 1 - start) * request.n * (len + params.max_new_tokens)
-                > config.max_tokens_in_flight
-            {
-                break;
-            }
-            max_len = len;
-            end += 1;
-        }
-        let round = generate_streams(model, base.as_ref(), request, start..end, tokenizer, config)?;
-        stats.add_round(&round);
-        out.extend(round.into_iter().flatten());
-        start = end;
-    }
+    let longest = request.prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let window = (longest + params.max_new_tokens) as i64;
+    let columns = window + window / 2;
+    let slots = (config.max_tokens_in_flight / columns.max(1) as usize).max(1);
+    let all: Vec<usize> = (0..request.prompts.len()).collect();
+    let (mut out, stats) =
+        generate_streams(model, base.as_ref(), request, &all, slots, columns, tokenizer, config)?;
     out.sort_by_key(|r| (r.prompt_index, r.sample_index));
     Ok((out, stats))
 }
 
-/// Deals the prompts of `range` round-robin to decoding streams on scoped threads (one stream
-/// on the calling thread when there is a single one or the model cannot fork); one batch of
-/// rollouts per stream.
+/// Deals the prompts `all` round-robin to decoding streams on scoped threads (one stream on
+/// the calling thread when there is a single one or the model cannot fork), each with its share
+/// of the `slots`.
+#[allow(clippy::too_many_arguments)] // the engine's internal plumbing
 fn generate_streams<M: DecodeModel>(
     model: &M,
     base: Option<&M::Fork>,
     request: &Request<'_>,
-    range: std::ops::Range<usize>,
+    all: &[usize],
+    slots: usize,
+    columns: i64,
     tokenizer: Option<&Tokenizer>,
     config: &EngineConfig,
-) -> Result<Vec<Vec<Rollout>>> {
+) -> Result<(Vec<Rollout>, EngineStats)> {
     let threads = tch::get_num_threads().max(1) as usize;
     let wanted = match (config.streams, model.device()) {
         (0, Device::Cpu) => threads,
         (0, _) => 1,
         (s, _) => s,
     };
-    let streams = wanted.min(range.len()).max(1);
-    let all: Vec<usize> = range.collect();
+    // Every stream gets at least one prompt and one slot.
+    let streams = wanted.min(all.len()).min(slots).max(1);
+    let one = |m: &dyn Fn(&mut EngineStats) -> Result<Vec<Rollout>>| {
+        let mut stats = EngineStats { batches: 1, ..Default::default() };
+        let out = tch::no_grad(|| m(&mut stats))?;
+        Ok((out, stats))
+    };
     let Some(base) = base else {
-        return Ok(vec![tch::no_grad(|| generate_chunk(model, request, &all, tokenizer))?]);
+        return one(&|st| decode_pool(model, request, all, slots, columns, tokenizer, st));
     };
     let forks = if streams > 1 {
         (0..streams).map(|_| base.fork()).collect::<Result<Option<Vec<_>>>>()?
@@ -249,19 +250,24 @@ fn generate_streams<M: DecodeModel>(
         None
     };
     let Some(forks) = forks else {
-        return Ok(vec![tch::no_grad(|| generate_chunk(base, request, &all, tokenizer))?]);
+        return one(&|st| decode_pool(base, request, all, slots, columns, tokenizer, st));
     };
     let per_stream = (threads / streams).max(1) as i32;
-    let results: Vec<Result<Vec<Rollout>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(Vec<Rollout>, EngineStats)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = forks
             .into_iter()
             .enumerate()
             .map(|(j, fork)| {
                 let shard: Vec<usize> = all.iter().copied().skip(j).step_by(streams).collect();
+                let share = slots / streams + usize::from(j < slots % streams);
                 scope.spawn(move || {
                     // Thread count and grad mode are per thread in libtorch.
                     tch::set_num_threads(per_stream);
-                    tch::no_grad(|| generate_chunk(&fork, request, &shard, tokenizer))
+                    let mut stats = EngineStats { batches: 1, ..Default::default() };
+                    let out = tch::no_grad(|| {
+                        decode_pool(&fork, request, &shard, share, columns, tokenizer, &mut stats)
+                    })?;
+                    Ok((out, stats))
                 })
             })
             .collect();
@@ -276,112 +282,21 @@ fn generate_streams<M: DecodeModel>(
     });
     // Workers' set_num_threads also set libtorch's default for new threads: restore it.
     tch::set_num_threads(threads as i32);
-    results.into_iter().collect()
+    let mut out = Vec::new();
+    let mut stats = EngineStats::default();
+    for r in results {
+        let (o, s) = r?;
+        out.extend(o);
+        stats.batches += s.batches;
+        stats.decode_steps += s.decode_steps;
+        stats.slots += s.slots;
+        stats.slot_steps += s.slot_steps;
+        stats.generated_tokens += s.generated_tokens;
+    }
+    Ok((out, stats))
 }
 
-fn generate_chunk<M: DecodeModel>(
-    model: &M,
-    request: &Request<'_>,
-    indices: &[usize],
-    tokenizer: Option<&Tokenizer>,
-) -> Result<Vec<Rollout>> {
-    let params = request.params;
-    let n = request.n;
-    let prompts: Vec<&Vec<i64>> = indices.iter().map(|&i| &request.prompts[i]).collect();
-    let plen = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let mut ids = vec![0i64; prompts.len() * plen];
-    let mut mask = vec![0i64; prompts.len() * plen];
-    for (i, p) in prompts.iter().enumerate() {
-        let off = i * plen + plen - p.len();
-        ids[off..off + p.len()].copy_from_slice(p);
-        mask[off..off + p.len()].iter_mut().for_each(|m| *m = 1);
-    }
-    let shape = [prompts.len() as i64, plen as i64];
-    let device = model.device();
-    let ids = Tensor::f_from_slice(&ids)?.f_view(shape)?.f_to_device(device)?;
-    let mask = Tensor::f_from_slice(&mask)?.f_view(shape)?.f_to_device(device)?;
-    let (logits, mut cache) = model.prefill(&ids, &mask, (plen + params.max_new_tokens) as i64)?;
-    let mut logits = logits.f_repeat_interleave_self_int(n as i64, 0, None)?;
-    model.repeat_rows(&mut cache, n as i64)?;
-
-    let mut rows: Vec<Rollout> = Vec::with_capacity(prompts.len() * n);
-    let mut rngs: Vec<ChaCha8Rng> = Vec::with_capacity(prompts.len() * n);
-    for &p in indices {
-        for s in 0..n {
-            let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
-            rng.set_stream((p * n + s) as u64);
-            rngs.push(rng);
-            rows.push(Rollout {
-                prompt_index: p,
-                sample_index: s,
-                tokens: Vec::new(),
-                finish_reason: FinishReason::Length,
-                sampling_logprobs: Vec::new(),
-                policy_logprobs: Vec::new(),
-            });
-        }
-    }
-    let max_stop = params.stop_strings.iter().map(String::len).max().unwrap_or(0);
-    let mut done: Vec<Rollout> = Vec::with_capacity(rows.len());
-    loop {
-        let draws = sample(&logits, params, &mut rngs)?;
-        let mut keep = Vec::with_capacity(rows.len());
-        for (k, (o, d)) in rows.iter_mut().zip(draws).enumerate() {
-            o.tokens.push(d.token);
-            o.sampling_logprobs.push(d.sampling_logprob);
-            o.policy_logprobs.push(d.policy_logprob);
-            let reason = if params.stop_on_eos && request.eos_token_ids.contains(&d.token) {
-                Some(FinishReason::Eos)
-            } else if params.stop_token_ids.contains(&d.token) {
-                Some(FinishReason::StopToken)
-            } else if max_stop > 0
-                && hits_stop_string(o, &params.stop_strings, max_stop, tokenizer)?
-            {
-                Some(FinishReason::StopString)
-            } else if o.tokens.len() >= params.max_new_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            match reason {
-                Some(r) => o.finish_reason = r,
-                None => keep.push(k),
-            }
-        }
-        // Move finished rows out; compact the batch so they cost nothing more.
-        let mut kept_rows = Vec::with_capacity(keep.len());
-        let mut kept_rngs = Vec::with_capacity(keep.len());
-        let mut next = Vec::with_capacity(keep.len());
-        let mut ki = 0;
-        for (k, (row, rng)) in rows.drain(..).zip(rngs.drain(..)).enumerate() {
-            if ki < keep.len() && keep[ki] == k {
-                next.push(row.tokens.last().copied().unwrap_or(0));
-                kept_rows.push(row);
-                kept_rngs.push(rng);
-                ki += 1;
-            } else {
-                done.push(row);
-            }
-        }
-        if kept_rows.is_empty() {
-            break;
-        }
-        if keep.len() < logits.size()[0] as usize {
-            let index = Tensor::f_from_slice(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>())?
-                .f_to_device(device)?;
-            model.select_rows(&mut cache, &index)?;
-        }
-        rows = kept_rows;
-        rngs = kept_rngs;
-        let tokens =
-            Tensor::f_from_slice(&next)?.f_view([next.len() as i64, 1])?.f_to_device(device)?;
-        logits = model.step(&tokens, &mut cache)?.f_to_kind(Kind::Float)?;
-    }
-    done.sort_by_key(|r| (r.prompt_index, r.sample_index));
-    Ok(done)
-}
-
-fn hits_stop_string(
+pub(crate) fn hits_stop_string(
     o: &Rollout,
     stops: &[String],
     max_stop: usize,

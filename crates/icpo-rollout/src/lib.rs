@@ -1,8 +1,10 @@
 //! Rollout sampling for RL on language models.
 //!
-//! [`generate`] runs a batch of prompts through a policy with a KV cache: one prefill per prompt
-//! shared by its group of `n` samples, per-sequence stopping (EOS ids, stop ids, stop strings,
-//! `max_new_tokens`), finished sequences dropped from the batch, a bound on tokens in flight.
+//! [`generate`] runs a batch of prompts through a policy with a KV cache and continuous
+//! batching: a pool of decode slots bounded by the tokens in flight, each slot refilled with the
+//! next pending sequence as soon as its own ends; one prefill per distinct prompt admitted at
+//! once, shared by its samples; per-sequence stopping (EOS ids, stop ids, stop strings,
+//! `max_new_tokens`).
 //! Sampling ([`SamplingParams`]: greedy, temperature, top-k, top-p, min-p) draws each sequence's
 //! random numbers from its own seeded stream, and every token carries two log-probs: under the
 //! sampling distribution and under the unmodified policy (what importance ratios need).
@@ -11,6 +13,7 @@
 
 mod engine;
 mod error;
+mod pool;
 mod prompts;
 mod sampling;
 

@@ -37,8 +37,15 @@ fn logits_after(last: &[i64]) -> Tensor {
     Tensor::stack(&rows, 0)
 }
 
+/// The mock's cache: each row's last token, and the filled columns.
+#[derive(Default)]
+struct MockCache {
+    last: Vec<i64>,
+    len: i64,
+}
+
 impl DecodeModel for Mock {
-    type Cache = Vec<i64>;
+    type Cache = MockCache;
     type Fork = Mock;
     fn fork(&self) -> Result<Option<Mock>> {
         Ok(self.forkable.then(|| Mock { forkable: true, ..Default::default() }))
@@ -46,7 +53,7 @@ impl DecodeModel for Mock {
     fn device(&self) -> Device {
         Device::Cpu
     }
-    fn prefill(&self, ids: &Tensor, mask: &Tensor, _capacity: i64) -> Result<(Tensor, Vec<i64>)> {
+    fn prefill(&self, ids: &Tensor, mask: &Tensor, _capacity: i64) -> Result<(Tensor, MockCache)> {
         let ids: Vec<Vec<i64>> = Vec::try_from(ids).unwrap();
         let mask: Vec<Vec<i64>> = Vec::try_from(mask).unwrap();
         for (r, m) in ids.iter().zip(&mask) {
@@ -55,22 +62,46 @@ impl DecodeModel for Mock {
                 .push(r.iter().zip(m).filter(|(_, &m)| m == 1).map(|(&t, _)| t).collect());
         }
         let last: Vec<i64> = ids.iter().map(|r| *r.last().unwrap()).collect();
-        Ok((logits_after(&last), last))
+        let len = ids.first().map_or(0, |r| r.len() as i64);
+        Ok((logits_after(&last), MockCache { last, len }))
     }
-    fn step(&self, tokens: &Tensor, cache: &mut Vec<i64>) -> Result<Tensor> {
+    fn step(&self, tokens: &Tensor, live: &Tensor, cache: &mut MockCache) -> Result<Tensor> {
         *self.steps.borrow_mut() += 1;
         let t: Vec<i64> = Vec::try_from(&tokens.squeeze_dim(1)).unwrap();
-        assert_eq!(t.len(), cache.len(), "batch compacted in step with the cache");
-        *cache = t;
-        Ok(logits_after(cache))
+        let live: Vec<i64> = Vec::try_from(&live.squeeze_dim(1)).unwrap();
+        assert_eq!(t.len(), cache.last.len(), "batch compacted in step with the cache");
+        for (i, (&tok, &l)) in t.iter().zip(&live).enumerate() {
+            if l == 1 {
+                cache.last[i] = tok;
+            }
+        }
+        cache.len += 1;
+        Ok(logits_after(&cache.last))
     }
-    fn repeat_rows(&self, cache: &mut Vec<i64>, n: i64) -> Result<()> {
-        *cache = cache.iter().flat_map(|&t| std::iter::repeat_n(t, n as usize)).collect();
+    fn select_rows(&self, cache: &mut MockCache, index: &Tensor) -> Result<()> {
+        let idx: Vec<i64> = Vec::try_from(index).unwrap();
+        cache.last = idx.iter().map(|&i| cache.last[i as usize]).collect();
         Ok(())
     }
-    fn select_rows(&self, cache: &mut Vec<i64>, index: &Tensor) -> Result<()> {
-        let idx: Vec<i64> = Vec::try_from(index).unwrap();
-        *cache = idx.iter().map(|&i| cache[i as usize]).collect();
+    fn admit(
+        &self,
+        cache: &mut MockCache,
+        slots: &Tensor,
+        from: &MockCache,
+        rows: &Tensor,
+    ) -> Result<i64> {
+        let (slots, rows): (Vec<i64>, Vec<i64>) =
+            (Vec::try_from(slots).unwrap(), Vec::try_from(rows).unwrap());
+        for (&s, &r) in slots.iter().zip(&rows) {
+            cache.last[s as usize] = from.last[r as usize];
+        }
+        let grown = (from.len - cache.len).max(0);
+        cache.len += grown;
+        Ok(grown)
+    }
+    fn compact(&self, cache: &mut MockCache, keep: i64) -> Result<()> {
+        assert!(keep <= cache.len);
+        cache.len = keep;
         Ok(())
     }
 }
@@ -325,8 +356,9 @@ fn demo_pool_hygiene() {
 }
 
 /// The engine's slot accounting against a hand count. Greedy on the mock, prompt `[1, 2]` gives
-/// 3, 4, 5 and prompt `[3]` gives 4, 5, with 5 as EOS: one batch of 4 rows (2 samples each)
-/// that steps 3 times, 12 slot-steps reserved, 10 tokens generated.
+/// 3, 4, 5 and prompt `[3]` gives 4, 5, with 5 as EOS: 4 slots (2 samples each); 3 decode
+/// steps; after the second, prompt `[3]`'s two samples are done and, with nothing pending, the
+/// half-idle batch is compacted to 2 rows: 4 + 4 + 2 = 10 slot-steps, 10 tokens generated.
 #[test]
 fn engine_stats_count_slot_steps() {
     assert_eq!(EngineStats::default().slot_utilization(), 0.0);
@@ -346,9 +378,9 @@ fn engine_stats_count_slot_steps() {
     assert_eq!(lens, [3, 3, 2, 2]);
     assert_eq!(
         stats,
-        EngineStats { batches: 1, decode_steps: 3, slots: 4, slot_steps: 12, generated_tokens: 10 }
+        EngineStats { batches: 1, decode_steps: 3, slots: 4, slot_steps: 10, generated_tokens: 10 }
     );
-    assert!((stats.slot_utilization() - 10.0 / 12.0).abs() < 1e-12);
+    assert!((stats.slot_utilization() - 1.0).abs() < 1e-12);
     // The same samples as `generate`.
     let plain = generate(&m, &request, None, &config).unwrap();
     let tokens =
