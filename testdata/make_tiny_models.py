@@ -4,6 +4,8 @@
 Run with the project's virtual environment (scripts/setup-libtorch installs it):
     .venv/bin/python testdata/make_tiny_models.py
     .venv/bin/python testdata/make_tiny_models.py --bench-model target/bench-qwen3   (benchmarks' model)
+    .venv/bin/python testdata/make_tiny_models.py --long-tail-model target/longtail-qwen3
+                                                   (the same, stopping at EOS after ~64 tokens on average)
 Everything it writes lands beside it in testdata/ and is committed; rerunning it is deterministic.
 
 Per model directory (tiny-qwen2, tiny-qwen3, tiny-llama):
@@ -181,10 +183,39 @@ def make_bench_model(out_dir):
     GenerationConfig(eos_token_id=1, pad_token_id=0).save_pretrained(out_dir)
 
 
+def make_long_tail_model(out_dir, mean_len=64.0):
+    """The bench model's architecture with untied head, made to stop at EOS (id 1) with a constant
+    hazard of about 1/mean_len per token: geometric lengths, most short, a few past 8x the mean
+    (the long-tailed workload of the rollout benchmark). How: every token embedding gets a large
+    constant in dimension 0, so the final normed hidden state holds a near-constant h0 there
+    (the random layers' weights are small); the head's column 0 is zero but for EOS, whose
+    entry lifts its logit by about b = log(p (V - 1) / (1 - p)) over the near-uniform others."""
+    cfg = Qwen3Config(vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False,
+                      rope_theta=1000000.0, max_position_embeddings=4096, eos_token_id=1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    p = 1.0 / mean_len
+    b = float(torch.log(torch.tensor(p * (cfg.vocab_size - 1) / (1 - p))))
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        # h0 measured on random sequences, then the EOS entry set to give logit b.
+        ids = torch.randint(0, cfg.vocab_size, (8, 64))
+        h = model.model(ids).last_hidden_state
+        h0 = float(h[..., 0].mean())
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[1, 0] = b / h0
+    model.save_pretrained(out_dir, safe_serialization=True)
+    GenerationConfig(eos_token_id=1, pad_token_id=0).save_pretrained(out_dir)
+
+
 def main():
     import sys
     if len(sys.argv) == 3 and sys.argv[1] == "--bench-model":
         make_bench_model(sys.argv[2])
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--long-tail-model":
+        make_long_tail_model(sys.argv[2])
         return
     vocab = 384  # 381 BPE tokens + 3 specials
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
