@@ -6,7 +6,8 @@
 //! Reject Sampling and the annealed expert bonus γ(t), computes group advantages, scores IEF
 //! tokens after the plain prompt, and updates the policy with the mixed-policy loss in
 //! mini-batches with micro-batch accumulation ([`AdamW`], gradient clipping, PPO epochs).
-//! GRPO is the same loop with `algorithm.ief = false`. [`TrainConfig`] is one TOML file with
+//! A step is two public halves, [`Trainer::rollout`] (returning a mutable [`StepBatch`]) and
+//! [`Trainer::update`]. GRPO is the same loop with `algorithm.ief = false`. [`TrainConfig`] is one TOML file with
 //! the paper's values as defaults; checkpoints are atomic and resumable bit for bit.
 
 mod batch;
@@ -20,6 +21,7 @@ mod resume_check;
 mod rundir;
 mod sft;
 mod trainer;
+mod update;
 
 pub use batch::Trajectory;
 pub use checkpoint::{append_jsonl, resolve_latest, TrainerState};
@@ -36,3 +38,4 @@ pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};
 pub use rundir::{run_outputs, RunDir, StartMode, LOCK_FILE};
 pub use sft::supervised_step;
 pub use trainer::{Metrics, Scorer, Trainer};
+pub use update::StepBatch;

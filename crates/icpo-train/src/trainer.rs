@@ -5,31 +5,26 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
-use icpo_loss::{policy_loss, LossAggMode, LossInputs};
-use icpo_policy::{peak_memory_bytes, reset_peak_memory, CausalLm, Tokenizer};
-use icpo_rollout::{
-    generate, DemoPool, EngineConfig, FinishReason, Request, Rollout, SamplingParams,
-};
+use icpo_loss::LossAggMode;
+use icpo_policy::{reset_peak_memory, CausalLm, Tokenizer};
+use icpo_rollout::{generate, DemoPool, EngineConfig, Request, Rollout, SamplingParams};
 use icpo_verify::Reward;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::batch::{pad, unpad, Trajectory};
+use crate::batch::Trajectory;
 use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::rundir::{RunDir, StartMode};
+use crate::update::StepBatch;
 
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
 pub type Metrics = BTreeMap<String, f64>;
 
 /// A reward on `(answer, response token ids)`.
 pub type TokenScore = dyn Fn(&str, &[i64]) -> f64 + Send + Sync;
-
-/// Per-token log-probs of each trajectory of a micro-batch, when computed.
-type RowLogprobs = Option<Vec<Vec<f32>>>;
 
 /// How rollouts are rewarded.
 pub enum Scorer {
@@ -218,8 +213,19 @@ impl Trainer {
         }
     }
 
-    /// Runs one training step on the next problems and returns its metrics.
+    /// Runs one training step on the next problems and returns its metrics: [`Trainer::rollout`]
+    /// then [`Trainer::update`].
     pub fn train_step(&mut self) -> Result<Metrics> {
+        let batch = self.rollout()?;
+        self.update(batch)
+    }
+
+    /// The first half of a step: draws the next problems, samples the on-policy and IEF
+    /// rollouts, scores them, applies ERRS and shaping and computes the group advantages. The
+    /// returned batch is public and mutable (inspect or change rewards, advantages or the
+    /// trajectories themselves), then goes to [`Trainer::update`]; call it before the next
+    /// `rollout` (the step count, and with it every seed, advances there).
+    pub fn rollout(&mut self) -> Result<StepBatch> {
         let t_start = Instant::now();
         // `perf/peak_memory_gb` is this step's own peak.
         reset_peak_memory(self.policy.device());
@@ -252,7 +258,7 @@ impl Trainer {
             }
         }
         let answers: Vec<String> = problems.into_iter().map(|p| p.answer).collect();
-        self.step_on(&answers, &plain, &ief_prompts, rng, t_start)
+        self.rollout_on(&answers, &plain, &ief_prompts, rng, t_start)
     }
 
     /// Runs one training step on pre-tokenized prompts (plain, and in-context when IEF is
@@ -265,17 +271,18 @@ impl Trainer {
         ief_prompts: &[Vec<i64>],
     ) -> Result<Metrics> {
         let rng = ChaCha8Rng::seed_from_u64(seed_for(self.cfg.trainer.seed, self.step, 0));
-        self.step_on(answers, plain, ief_prompts, rng, Instant::now())
+        let batch = self.rollout_on(answers, plain, ief_prompts, rng, Instant::now())?;
+        self.update(batch)
     }
 
-    fn step_on(
+    fn rollout_on(
         &mut self,
         answers: &[String],
         plain: &[Vec<i64>],
         ief_prompts: &[Vec<i64>],
         mut rng: ChaCha8Rng,
         t_start: Instant,
-    ) -> Result<Metrics> {
+    ) -> Result<StepBatch> {
         let cfg = self.cfg.clone();
         let (g, n_off) =
             (cfg.rollout.group_size, if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 });
@@ -287,7 +294,7 @@ impl Trainer {
                 ief_prompts.len()
             )));
         }
-        let mut m = Metrics::new();
+        let m = Metrics::new();
 
         // Phase 2: on-policy and IEF rollouts; the steered prompts really reach the sampler.
         let t_gen = Instant::now();
@@ -395,194 +402,20 @@ impl Trainer {
             t.advantage = a;
         }
 
-        // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
-        let t_train = Instant::now();
-        let micro = cfg.optim.micro_batch_size;
-        let mini = cfg.optim.mini_batch_prompts * g;
-        // With one update per step, π_old is the current policy at that update: its log-probs
-        // are the detached ones of the update's own forward pass (as verl and TRL do), so the
-        // separate pass is skipped. The reference pass is still needed when β > 0.
-        let single_update = cfg.optim.ppo_epochs == 1 && trajs.len() <= mini;
-        // The entropy bonus needs its gradient; otherwise entropy is only a metric.
-        let entropy_mode = if cfg.loss.entropy_coef > 0.0 {
-            icpo_policy::Entropy::Differentiable
-        } else {
-            icpo_policy::Entropy::Metric
-        };
-        let need_old_pass = !single_update;
-        let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
-        // Trajectories start with zero old/reference log-probs: only the passes needed run.
-        let passes = if need_old_pass || need_ref_pass { trajs.len() } else { 0 };
-        let mut by_group: Vec<usize> = (0..passes).collect();
-        by_group.sort_by_key(|&i| (trajs[i].group, i));
-        for chunk in by_group.chunks(micro) {
-            let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
-            let b = pad(&refs, self.policy.device())?;
-            let (old, reflp) = tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
-                let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
-                    let lp = b.logprobs(model, icpo_policy::Entropy::Skip)?;
-                    unpad(&lp.logprobs, &refs)
-                };
-                let o = if need_old_pass { Some(pass(&self.policy)?) } else { None };
-                let r = match &self.reference {
-                    Some(reference) if need_ref_pass => Some(pass(reference)?),
-                    _ => None,
-                };
-                Ok((o, r))
-            })?;
-            for (k, &i) in chunk.iter().enumerate() {
-                if let Some(o) = &old {
-                    trajs[i].old_logp = o[k].clone();
-                }
-                if let Some(r) = &reflp {
-                    trajs[i].ref_logp = r[k].clone();
-                }
-            }
-        }
-
-        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs. Dr.GRPO's
-        // constant defaults to the longest response allowed.
-        let mut loss_cfg = cfg.loss;
-        if loss_cfg.norm_length == 0 {
-            loss_cfg.norm_length = cfg.rollout.max_new_tokens;
-        }
-        let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
-        let updates_per_step = (cfg.optim.ppo_epochs * trajs.len().div_ceil(mini)) as u64;
-        let total_updates = updates_per_step * cfg.trainer.total_steps;
-        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-        let mut n_updates = 0.0;
-        let mut skipped = 0.0;
-        for _ in 0..cfg.optim.ppo_epochs {
-            let mut order: Vec<usize> = (0..trajs.len()).collect();
-            order.shuffle(&mut rng);
-            for mb in order.chunks(mini) {
-                let n_micro = mb.len().div_ceil(micro);
-                let mb_tokens: usize = mb.iter().map(|&i| trajs[i].response.len()).sum();
-                let mb_seqs = mb.iter().filter(|&&i| !trajs[i].response.is_empty()).count();
-                let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
-                let mut finite = true;
-                for mc in mb.chunks(micro) {
-                    // A group's rows side by side: their shared prompt is computed once.
-                    let mut mc = mc.to_vec();
-                    mc.sort_by_key(|&i| (trajs[i].group, i));
-                    let refs: Vec<&Trajectory> = mc.iter().map(|&i| &trajs[i]).collect();
-                    let b = pad(&refs, self.policy.device())?;
-                    let out = b.logprobs(&self.policy, entropy_mode)?;
-                    let entropy = out.entropy.as_ref();
-                    let detached = out.logprobs.f_detach()?;
-                    let inputs = LossInputs {
-                        logp: &out.logprobs,
-                        old_logp: if single_update { &detached } else { &b.old_logp },
-                        ref_logp: Some(&b.ref_logp),
-                        entropy,
-                        advantages: &b.advantages,
-                        response_mask: &b.response_mask,
-                        is_ief: &b.is_ief,
-                    };
-                    let loss = match policy_loss(&inputs, &loss_cfg) {
-                        Ok(l) => l,
-                        // NaN/∞ log-probs from the policy: a non-finite update, not a crash.
-                        Err(icpo_loss::LossError::NonFinite(_)) => {
-                            finite = false;
-                            break;
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    let w = micro_batch_weight(
-                        loss_cfg.loss_agg_mode,
-                        (b.tokens, b.nonempty),
-                        (mb_tokens, mb_seqs),
-                        n_micro,
-                    );
-                    let value = loss.loss.f_double_value(&[])?;
-                    if !value.is_finite() {
-                        finite = false;
-                        break;
-                    }
-                    loss.loss.f_mul_scalar(w)?.backward();
-                    // bf16 weights: this micro-batch's gradient joins the f32 accumulator.
-                    self.optim.accumulate(&params)?;
-                    for (k, v) in loss.metrics {
-                        *mb_metrics.entry(k).or_default() += w * v;
-                    }
-                }
-                let norm = self.optim.grad_norm(&params)?;
-                let lr = AdamW::lr_at(&cfg.optim, self.optim.updates, total_updates);
-                if finite && norm.is_finite() {
-                    self.optim.step(&params, &cfg.optim, lr, norm)?;
-                    self.nonfinite_streak = 0;
-                    n_updates += 1.0;
-                    for (k, v) in mb_metrics {
-                        *sums.entry(k).or_default() += v;
-                    }
-                    *sums.entry("actor/grad_norm".into()).or_default() += norm;
-                    *sums.entry("actor/lr".into()).or_default() += lr;
-                } else {
-                    skipped += 1.0;
-                    self.nonfinite_streak += 1;
-                    if self.nonfinite_streak >= cfg.trainer.max_nonfinite_in_a_row {
-                        self.optim.zero_grad(&params)?;
-                        return Err(TrainError::Aborted(format!(
-                            "{} non-finite updates in a row at step {} (loss or gradient NaN/∞); lower optim.lr or check the data",
-                            self.nonfinite_streak, self.step
-                        )));
-                    }
-                }
-                self.optim.zero_grad(&params)?;
-            }
-        }
-        let train_s = t_train.elapsed().as_secs_f64();
-
-        // Phase 7: metrics.
-        for (k, v) in sums {
-            m.insert(k, if n_updates > 0.0 { v / n_updates } else { f64::NAN });
-        }
-        let mean =
-            |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
-        let lens: Vec<f64> = on.iter().chain(&ief).map(|r| r.tokens.len() as f64).collect();
-        let new_tokens: f64 = lens.iter().sum();
-        let clipped =
-            on.iter().chain(&ief).filter(|r| r.finish_reason == FinishReason::Length).count()
-                as f64;
-        let ief_accepted_rewards: Vec<f64> =
-            trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect();
-        m.insert("step".into(), self.step as f64);
-        m.insert("epoch".into(), self.cursor.epoch as f64);
-        m.insert(
-            "reward/mean".into(),
-            mean(&trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>()),
-        );
-        m.insert("reward/on_policy_mean".into(), mean(&on_r));
-        m.insert("reward/ief_mean".into(), mean(&ief_r));
-        m.insert("reward/ief_accepted_mean".into(), mean(&ief_accepted_rewards));
-        m.insert("ief/success_rate".into(), mean(&ief_r));
-        m.insert("ief/on_policy_success_rate".into(), mean(&on_r));
-        m.insert(
-            "ief/acceptance_rate".into(),
-            if ief.is_empty() { 0.0 } else { accepted as f64 / ief.len() as f64 },
-        );
-        m.insert("shaping/gamma".into(), gamma);
-        m.insert("response_length/mean".into(), mean(&lens));
-        m.insert("response_length/max".into(), lens.iter().cloned().fold(0.0, f64::max));
-        m.insert(
-            "response_length/clip_ratio".into(),
-            if lens.is_empty() { 0.0 } else { clipped / lens.len() as f64 },
-        );
-        m.insert("train/skipped_updates".into(), skipped);
-        m.insert("data/overlong_dropped".into(), self.dropped_overlong as f64);
-        m.insert("train/group_size".into(), trajs.len() as f64 / plain.len().max(1) as f64);
-        let step_s = t_start.elapsed().as_secs_f64();
-        m.insert("timing/generation_s".into(), gen_s);
-        m.insert("timing/scoring_s".into(), score_s);
-        m.insert("timing/training_s".into(), train_s);
-        m.insert("timing/step_s".into(), step_s);
-        m.insert("perf/tokens_per_s".into(), new_tokens / step_s.max(1e-9));
-        if let Some(bytes) = peak_memory_bytes(self.policy.device()) {
-            // This step's peak: CUDA's allocator on a GPU, the process's RSS on a CPU.
-            m.insert("perf/peak_memory_gb".into(), bytes as f64 / 1e9);
-        }
-        self.step += 1;
-        Ok(m)
+        Ok(StepBatch {
+            step: self.step,
+            prompts: plain.len(),
+            trajectories: trajs,
+            on_policy: on.into_iter().zip(on_r).collect(),
+            ief: ief.into_iter().zip(ief_r).collect(),
+            gamma,
+            accepted,
+            metrics: m,
+            rng,
+            generation_s: gen_s,
+            scoring_s: score_s,
+            started: t_start,
+        })
     }
 
     /// Where outputs go.

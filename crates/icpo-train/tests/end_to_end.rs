@@ -65,6 +65,71 @@ fn mixed_precision_trains_f32_weights() {
     assert!(moved * 2 > before.len(), "only {moved} of {} weights moved", before.len());
 }
 
+/// A step is its two public halves: `rollout` then `update` on the untouched batch equals
+/// `train_step` (metrics and weights), and a batch goes to `update` once, in order.
+#[test]
+fn rollout_then_update_equals_train_step() {
+    let (mut a, mut b) = (
+        trainer(config("icpo-e2e-split-a", &["loss.kl_coef=0.001"]), "e"),
+        trainer(config("icpo-e2e-split-b", &["loss.kl_coef=0.001"]), "e"),
+    );
+    for step in 0..2 {
+        let x = a.train_step().unwrap();
+        let batch = b.rollout().unwrap();
+        assert_eq!(batch.step, step);
+        assert_eq!(batch.prompts, 4);
+        assert_eq!(batch.on_policy.len(), 4 * 4, "every on-policy rollout with its reward");
+        assert_eq!(batch.trajectories.len(), 4 * 4, "ERRS keeps G members per group");
+        let y = b.update(batch).unwrap();
+        for (k, v) in &x {
+            if k.starts_with("timing/") || k.starts_with("perf/") {
+                continue;
+            }
+            assert_eq!(*v, y[k], "step {step} {k}");
+        }
+    }
+    let (wa, wb) = (a.policy().named_weights(), b.policy().named_weights());
+    for (n, w) in &wa {
+        assert!(w.equal(&wb[n]), "{n}");
+    }
+    // A batch of an earlier step is refused.
+    let stale = b.rollout().unwrap();
+    let _ = b.train_step();
+    let e = b.update(stale).unwrap_err().to_string();
+    assert!(e.contains("step 2") && e.contains("step 3"), "{e}");
+}
+
+/// The batch between the halves is the user's to change: with every advantage set to zero
+/// (no KL, no entropy bonus, no weight decay) the update leaves every weight as it was, while
+/// the same batch unedited moves them.
+#[test]
+fn edited_advantages_change_the_update() {
+    let o = ["loss.kl_coef=0.0", "loss.entropy_coef=0.0"];
+    let (mut a, mut b) =
+        (trainer(config("icpo-e2e-edit-a", &o), "e"), trainer(config("icpo-e2e-edit-b", &o), "e"));
+    let snapshot = |t: &Trainer| -> Vec<(String, tch::Tensor)> {
+        let mut v: Vec<_> =
+            t.policy().named_weights().into_iter().map(|(n, w)| (n, w.copy())).collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    let before = snapshot(&a);
+    let mut batch = a.rollout().unwrap();
+    assert!(batch.trajectories.iter().any(|t| t.advantage != 0.0), "the task gives some signal");
+    for t in batch.trajectories.iter_mut() {
+        t.advantage = 0.0;
+    }
+    let m = a.update(batch).unwrap();
+    assert_eq!(m["actor/pg_loss"], 0.0);
+    for ((n, w0), (_, w1)) in before.iter().zip(snapshot(&a)) {
+        assert!(w0.equal(&w1), "{n} moved with zero advantages");
+    }
+    let batch = b.rollout().unwrap();
+    b.update(batch).unwrap();
+    let moved = before.iter().zip(snapshot(&b)).filter(|((_, w0), (_, w1))| !w0.equal(w1)).count();
+    assert!(moved * 2 > before.len(), "only {moved} weights moved unedited");
+}
+
 /// bf16 weights with f32 masters in the optimiser: finite steps, weights stay bf16 and move,
 /// the reference is held in bf16 without gradients, the checkpoint's policy is a bf16 Hugging
 /// Face checkpoint, and a resumed run equals an uninterrupted one (the masters are saved).

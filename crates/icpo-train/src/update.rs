@@ -1,0 +1,257 @@
+//! The second half of a training step: what [`Trainer::rollout`] sampled and scored
+//! ([`StepBatch`], public and mutable) goes through π_old/reference log-probs and the
+//! mini-batch updates, and the step's metrics are made.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use icpo_loss::{policy_loss, LossInputs};
+use icpo_policy::{peak_memory_bytes, CausalLm};
+use icpo_rollout::{FinishReason, Rollout};
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::batch::{pad, unpad, Trajectory};
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+use crate::trainer::{micro_batch_weight, Metrics, Trainer};
+
+/// Per-token log-probs of each trajectory of a micro-batch, when computed.
+type RowLogprobs = Option<Vec<Vec<f32>>>;
+
+/// One step's samples before its update, from [`Trainer::rollout`]. Everything public may be
+/// inspected or changed before [`Trainer::update`]: the update trains on `trajectories` as they
+/// are then (their advantages, rewards, tokens); `on_policy` and `ief` feed the step's metrics.
+#[derive(Debug)]
+pub struct StepBatch {
+    /// The step these samples belong to.
+    pub step: u64,
+    /// Problems (prompt groups) in the step.
+    pub prompts: usize,
+    /// What the update trains on: every group's members after ERRS, with verifier reward,
+    /// shaped reward and advantage; π_old/reference log-probs are filled by the update.
+    pub trajectories: Vec<Trajectory>,
+    /// Every on-policy rollout (prompt-major) with its verifier reward.
+    pub on_policy: Vec<(Rollout, f64)>,
+    /// Every IEF rollout (prompt-major) with its verifier reward, accepted or not.
+    pub ief: Vec<(Rollout, f64)>,
+    /// γ(t) of the expert-bonus shaping at this step.
+    pub gamma: f64,
+    /// IEF rollouts ERRS accepted.
+    pub accepted: usize,
+    /// Metrics the rollout half recorded (namespaced keys); the update adds its own.
+    pub metrics: Metrics,
+    /// The step's random stream, continued by the update's shuffles.
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) generation_s: f64,
+    pub(crate) scoring_s: f64,
+    pub(crate) started: Instant,
+}
+
+impl Trainer {
+    /// The second half of a step (see [`Trainer::rollout`]): π_old and reference log-probs
+    /// where needed, the mini-batch updates with micro-batch accumulation over
+    /// `batch.trajectories`, and the step's metrics; the step count advances.
+    pub fn update(&mut self, mut batch: StepBatch) -> Result<Metrics> {
+        if batch.step != self.step {
+            return Err(TrainError::Aborted(format!(
+                "a batch of step {} given to update at step {}: each rollout goes to update once, in order",
+                batch.step, self.step
+            )));
+        }
+        let cfg = self.cfg.clone();
+        let g = cfg.rollout.group_size;
+        let mut m = std::mem::take(&mut batch.metrics);
+        let mut rng = batch.rng.clone();
+        let mut trajs = std::mem::take(&mut batch.trajectories);
+        let on_r: Vec<f64> = batch.on_policy.iter().map(|(_, r)| *r).collect();
+        let ief_r: Vec<f64> = batch.ief.iter().map(|(_, r)| *r).collect();
+        // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
+        let t_train = Instant::now();
+        let micro = cfg.optim.micro_batch_size;
+        let mini = cfg.optim.mini_batch_prompts * g;
+        // With one update per step, π_old is the current policy at that update: its log-probs
+        // are the detached ones of the update's own forward pass (as verl and TRL do), so the
+        // separate pass is skipped. The reference pass is still needed when β > 0.
+        let single_update = cfg.optim.ppo_epochs == 1 && trajs.len() <= mini;
+        // The entropy bonus needs its gradient; otherwise entropy is only a metric.
+        let entropy_mode = if cfg.loss.entropy_coef > 0.0 {
+            icpo_policy::Entropy::Differentiable
+        } else {
+            icpo_policy::Entropy::Metric
+        };
+        let need_old_pass = !single_update;
+        let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
+        // Trajectories start with zero old/reference log-probs: only the passes needed run.
+        let passes = if need_old_pass || need_ref_pass { trajs.len() } else { 0 };
+        let mut by_group: Vec<usize> = (0..passes).collect();
+        by_group.sort_by_key(|&i| (trajs[i].group, i));
+        for chunk in by_group.chunks(micro) {
+            let refs: Vec<&Trajectory> = chunk.iter().map(|&i| &trajs[i]).collect();
+            let b = pad(&refs, self.policy.device())?;
+            let (old, reflp) = tch::no_grad(|| -> Result<(RowLogprobs, RowLogprobs)> {
+                let pass = |model: &CausalLm| -> Result<Vec<Vec<f32>>> {
+                    let lp = b.logprobs(model, icpo_policy::Entropy::Skip)?;
+                    unpad(&lp.logprobs, &refs)
+                };
+                let o = if need_old_pass { Some(pass(&self.policy)?) } else { None };
+                let r = match &self.reference {
+                    Some(reference) if need_ref_pass => Some(pass(reference)?),
+                    _ => None,
+                };
+                Ok((o, r))
+            })?;
+            for (k, &i) in chunk.iter().enumerate() {
+                if let Some(o) = &old {
+                    trajs[i].old_logp = o[k].clone();
+                }
+                if let Some(r) = &reflp {
+                    trajs[i].ref_logp = r[k].clone();
+                }
+            }
+        }
+
+        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs. Dr.GRPO's
+        // constant defaults to the longest response allowed.
+        let mut loss_cfg = cfg.loss;
+        if loss_cfg.norm_length == 0 {
+            loss_cfg.norm_length = cfg.rollout.max_new_tokens;
+        }
+        let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
+        let updates_per_step = (cfg.optim.ppo_epochs * trajs.len().div_ceil(mini)) as u64;
+        let total_updates = updates_per_step * cfg.trainer.total_steps;
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut n_updates = 0.0;
+        let mut skipped = 0.0;
+        for _ in 0..cfg.optim.ppo_epochs {
+            let mut order: Vec<usize> = (0..trajs.len()).collect();
+            order.shuffle(&mut rng);
+            for mb in order.chunks(mini) {
+                let n_micro = mb.len().div_ceil(micro);
+                let mb_tokens: usize = mb.iter().map(|&i| trajs[i].response.len()).sum();
+                let mb_seqs = mb.iter().filter(|&&i| !trajs[i].response.is_empty()).count();
+                let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
+                let mut finite = true;
+                for mc in mb.chunks(micro) {
+                    // A group's rows side by side: their shared prompt is computed once.
+                    let mut mc = mc.to_vec();
+                    mc.sort_by_key(|&i| (trajs[i].group, i));
+                    let refs: Vec<&Trajectory> = mc.iter().map(|&i| &trajs[i]).collect();
+                    let b = pad(&refs, self.policy.device())?;
+                    let out = b.logprobs(&self.policy, entropy_mode)?;
+                    let entropy = out.entropy.as_ref();
+                    let detached = out.logprobs.f_detach()?;
+                    let inputs = LossInputs {
+                        logp: &out.logprobs,
+                        old_logp: if single_update { &detached } else { &b.old_logp },
+                        ref_logp: Some(&b.ref_logp),
+                        entropy,
+                        advantages: &b.advantages,
+                        response_mask: &b.response_mask,
+                        is_ief: &b.is_ief,
+                    };
+                    let loss = match policy_loss(&inputs, &loss_cfg) {
+                        Ok(l) => l,
+                        // NaN/∞ log-probs from the policy: a non-finite update, not a crash.
+                        Err(icpo_loss::LossError::NonFinite(_)) => {
+                            finite = false;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let w = micro_batch_weight(
+                        loss_cfg.loss_agg_mode,
+                        (b.tokens, b.nonempty),
+                        (mb_tokens, mb_seqs),
+                        n_micro,
+                    );
+                    let value = loss.loss.f_double_value(&[])?;
+                    if !value.is_finite() {
+                        finite = false;
+                        break;
+                    }
+                    loss.loss.f_mul_scalar(w)?.backward();
+                    // bf16 weights: this micro-batch's gradient joins the f32 accumulator.
+                    self.optim.accumulate(&params)?;
+                    for (k, v) in loss.metrics {
+                        *mb_metrics.entry(k).or_default() += w * v;
+                    }
+                }
+                let norm = self.optim.grad_norm(&params)?;
+                let lr = AdamW::lr_at(&cfg.optim, self.optim.updates, total_updates);
+                if finite && norm.is_finite() {
+                    self.optim.step(&params, &cfg.optim, lr, norm)?;
+                    self.nonfinite_streak = 0;
+                    n_updates += 1.0;
+                    for (k, v) in mb_metrics {
+                        *sums.entry(k).or_default() += v;
+                    }
+                    *sums.entry("actor/grad_norm".into()).or_default() += norm;
+                    *sums.entry("actor/lr".into()).or_default() += lr;
+                } else {
+                    skipped += 1.0;
+                    self.nonfinite_streak += 1;
+                    if self.nonfinite_streak >= cfg.trainer.max_nonfinite_in_a_row {
+                        self.optim.zero_grad(&params)?;
+                        return Err(TrainError::Aborted(format!(
+                            "{} non-finite updates in a row at step {} (loss or gradient NaN/∞); lower optim.lr or check the data",
+                            self.nonfinite_streak, self.step
+                        )));
+                    }
+                }
+                self.optim.zero_grad(&params)?;
+            }
+        }
+        let train_s = t_train.elapsed().as_secs_f64();
+
+        // Phase 7: metrics.
+        for (k, v) in sums {
+            m.insert(k, if n_updates > 0.0 { v / n_updates } else { f64::NAN });
+        }
+        let mean =
+            |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+        let rollouts = || batch.on_policy.iter().chain(&batch.ief).map(|(r, _)| r);
+        let lens: Vec<f64> = rollouts().map(|r| r.tokens.len() as f64).collect();
+        let new_tokens: f64 = lens.iter().sum();
+        let clipped = rollouts().filter(|r| r.finish_reason == FinishReason::Length).count() as f64;
+        let ief_accepted_rewards: Vec<f64> =
+            trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect();
+        m.insert("step".into(), self.step as f64);
+        m.insert("epoch".into(), self.cursor.epoch as f64);
+        m.insert(
+            "reward/mean".into(),
+            mean(&trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>()),
+        );
+        m.insert("reward/on_policy_mean".into(), mean(&on_r));
+        m.insert("reward/ief_mean".into(), mean(&ief_r));
+        m.insert("reward/ief_accepted_mean".into(), mean(&ief_accepted_rewards));
+        m.insert("ief/success_rate".into(), mean(&ief_r));
+        m.insert("ief/on_policy_success_rate".into(), mean(&on_r));
+        m.insert(
+            "ief/acceptance_rate".into(),
+            if batch.ief.is_empty() { 0.0 } else { batch.accepted as f64 / batch.ief.len() as f64 },
+        );
+        m.insert("shaping/gamma".into(), batch.gamma);
+        m.insert("response_length/mean".into(), mean(&lens));
+        m.insert("response_length/max".into(), lens.iter().cloned().fold(0.0, f64::max));
+        m.insert(
+            "response_length/clip_ratio".into(),
+            if lens.is_empty() { 0.0 } else { clipped / lens.len() as f64 },
+        );
+        m.insert("train/skipped_updates".into(), skipped);
+        m.insert("data/overlong_dropped".into(), self.dropped_overlong as f64);
+        m.insert("train/group_size".into(), trajs.len() as f64 / batch.prompts.max(1) as f64);
+        let step_s = batch.started.elapsed().as_secs_f64();
+        m.insert("timing/generation_s".into(), batch.generation_s);
+        m.insert("timing/scoring_s".into(), batch.scoring_s);
+        m.insert("timing/training_s".into(), train_s);
+        m.insert("timing/step_s".into(), step_s);
+        m.insert("perf/tokens_per_s".into(), new_tokens / step_s.max(1e-9));
+        if let Some(bytes) = peak_memory_bytes(self.policy.device()) {
+            // This step's peak: CUDA's allocator on a GPU, the process's RSS on a CPU.
+            m.insert("perf/peak_memory_gb".into(), bytes as f64 / 1e9);
+        }
+        self.step += 1;
+        Ok(m)
+    }
+}
