@@ -6,21 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::path::PathBuf;
-
-use icpo_policy::{CausalLm, Entropy, LoadOptions};
+use icpo_policy::{CausalLm, Entropy};
 use icpo_rollout::{
     generate_with_stats, EngineConfig, EngineStats, Request, Rollout, SamplingParams,
 };
 use tch::{Device, Kind, Tensor};
 
-fn model() -> CausalLm {
-    CausalLm::load(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3"),
-        LoadOptions::default(),
-    )
-    .unwrap()
-}
+mod common;
+use common::tiny_qwen3 as model;
 
 /// Nine prompts of 1 to 9 tokens.
 fn prompts() -> Vec<Vec<i64>> {

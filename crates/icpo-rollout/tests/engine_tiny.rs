@@ -3,19 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
-use std::path::PathBuf;
-
-use icpo_policy::{CausalLm, LoadOptions};
 use icpo_rollout::{generate, EngineConfig, Request, SamplingParams};
 use tch::{Kind, Tensor};
 
-fn model() -> CausalLm {
-    CausalLm::load(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/tiny-qwen3"),
-        LoadOptions::default(),
-    )
-    .unwrap()
-}
+mod common;
+use common::tiny_qwen3 as model;
 
 fn prompts() -> Vec<Vec<i64>> {
     vec![vec![3, 17, 5, 99, 200], vec![42], vec![7, 7, 300]]

@@ -15,6 +15,16 @@ fn run(t: &mut Trainer, steps: usize) -> Vec<Metrics> {
     (0..steps).map(|_| t.train_step().unwrap()).collect()
 }
 
+/// Every metric of `b` equals `a`'s to `tol` (relative), timings and memory aside.
+fn assert_same_metrics(a: &Metrics, b: &Metrics, tol: f64, what: &str) {
+    for (k, v) in a {
+        if k.starts_with("timing/") || k.starts_with("perf/") {
+            continue;
+        }
+        assert!((v - b[k]).abs() <= tol * v.abs().max(1.0), "{what} {k}: {v} vs {}", b[k]);
+    }
+}
+
 #[test]
 fn icpo_trains_with_finite_losses_and_annealed_bonus() {
     let cfg = config("icpo-e2e-a", &["loss.kl_coef=0.001"]);
@@ -81,12 +91,7 @@ fn rollout_then_update_equals_train_step() {
         assert_eq!(batch.on_policy.len(), 4 * 4, "every on-policy rollout with its reward");
         assert_eq!(batch.trajectories.len(), 4 * 4, "ERRS keeps G members per group");
         let y = b.update(batch).unwrap();
-        for (k, v) in &x {
-            if k.starts_with("timing/") || k.starts_with("perf/") {
-                continue;
-            }
-            assert_eq!(*v, y[k], "step {step} {k}");
-        }
+        assert_same_metrics(&x, &y, 0.0, &format!("step {step}"));
     }
     let (wa, wb) = (a.policy().named_weights(), b.policy().named_weights());
     for (n, w) in &wa {
@@ -184,16 +189,7 @@ fn bf16_weights_train_and_resume_exactly() {
     let mut resumed = trainer(cfg(), "e");
     resumed.resume(&out).unwrap();
     let third = resumed.train_step().unwrap();
-    for (k, v) in &full[2] {
-        if k.starts_with("timing/") || k.starts_with("perf/") {
-            continue;
-        }
-        assert!(
-            (v - third[k]).abs() <= 1e-6 * v.abs().max(1.0),
-            "{k}: uninterrupted {v} vs resumed {}",
-            third[k]
-        );
-    }
+    assert_same_metrics(&full[2], &third, 1e-6, "uninterrupted vs resumed:");
     let resumed_w = resumed.policy().named_weights();
     for (n, w) in &after {
         assert!(w.equal(&resumed_w[n]), "{n}: resumed weights differ");
@@ -212,16 +208,7 @@ fn gradient_checkpointing_trains_the_same() {
     assert!(!a.policy().gradient_checkpointing() && b.policy().gradient_checkpointing());
     let (ma, mb) = (run(&mut a, 2), run(&mut b, 2));
     for (step, (x, y)) in ma.iter().zip(&mb).enumerate() {
-        for (k, v) in x {
-            if k.starts_with("timing/") || k.starts_with("perf/") {
-                continue;
-            }
-            assert!(
-                (v - y[k]).abs() <= 1e-5 * v.abs().max(1.0),
-                "step {step} {k}: {v} vs {}",
-                y[k]
-            );
-        }
+        assert_same_metrics(x, y, 1e-5, &format!("step {step}"));
     }
     let (wa, wb) = (a.policy().named_weights(), b.policy().named_weights());
     for (n, w) in &wa {
@@ -272,16 +259,7 @@ fn resumed_run_equals_uninterrupted_run() {
     resumed.resume(&out).unwrap();
     assert_eq!(resumed.step(), 2);
     let third = resumed.train_step().unwrap();
-    for (k, v) in &full[2] {
-        if k.starts_with("timing/") || k.starts_with("perf/") {
-            continue;
-        }
-        assert!(
-            (v - third[k]).abs() <= 1e-6 * v.abs().max(1.0),
-            "{k}: uninterrupted {v} vs resumed {}",
-            third[k]
-        );
-    }
+    assert_same_metrics(&full[2], &third, 1e-6, "uninterrupted vs resumed:");
     // The checkpoint's policy is a Hugging Face checkpoint with its tokenizer.
     let ckpt = out.join("step_000002/policy");
     assert!(CausalLm::load(&ckpt, LoadOptions::default()).is_ok());
