@@ -60,7 +60,12 @@ pub fn split(seed: u64) -> (Vec<Item>, Vec<Item>) {
 pub fn problems(items: &[Item]) -> Vec<Problem> {
     items
         .iter()
-        .map(|i| Problem { id: i.id.clone(), problem: i.problem.clone(), answer: i.answer.clone() })
+        .map(|i| Problem {
+            id: i.id.clone(),
+            problem: i.problem.clone(),
+            answer: i.answer.clone(),
+            ..Default::default()
+        })
         .collect()
 }
 

@@ -286,6 +286,10 @@ pub struct TrainerSection {
     /// metrics (without it such a start is refused; `--resume` continues the run instead).
     /// Default false.
     pub overwrite: bool,
+    /// What a step does when a task reward fails on a rollout: `fail` (default: stop, naming
+    /// the problem) or `skip` (leave the rollout out of the learning signal, counted in
+    /// `reward/errors`; see [`crate::RewardErrors`]).
+    pub reward_errors: crate::RewardErrors,
 }
 
 impl Default for TrainerSection {
@@ -299,6 +303,7 @@ impl Default for TrainerSection {
             seed: 42,
             max_nonfinite_in_a_row: 3,
             overwrite: false,
+            reward_errors: crate::RewardErrors::Fail,
         }
     }
 }

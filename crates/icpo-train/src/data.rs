@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_err, Result, TrainError};
 
 /// A training or evaluation problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
     /// Identifier (`id`, else the line number).
     pub id: String,
@@ -18,6 +18,11 @@ pub struct Problem {
     pub problem: String,
     /// The reference answer.
     pub answer: String,
+    /// Every field of its dataset row as read (a JSONL line's object, a parquet row as JSON),
+    /// for rewards that need more than the answer ([`crate::TaskReward`]); null when built in
+    /// code.
+    #[serde(default)]
+    pub fields: serde_json::Value,
 }
 
 /// Reads training or evaluation problems: JSONL with `problem` and `answer` (a string or a
@@ -52,7 +57,8 @@ pub fn load_problems(path: impl AsRef<Path>) -> Result<(Vec<Problem>, usize)> {
             serde_json::Value::Number(n) => n.to_string(),
             _ => format!("line {line}"),
         };
-        out.push(Problem { id, problem: problem.to_string(), answer });
+        let problem = problem.to_string();
+        out.push(Problem { id, problem, answer, fields: v });
     }
     if out.is_empty() {
         return Err(TrainError::Data { path: path.into(), line: 0, message: "no problems".into() });
@@ -125,7 +131,7 @@ pub fn load_verl_parquet(path: &Path) -> Result<(Vec<Problem>, usize)> {
                 .unwrap_or_else(|| format!("row {}", i + 1)),
             _ => format!("row {}", i + 1),
         };
-        out.push(Problem { id, problem, answer });
+        out.push(Problem { id, problem, answer, fields: row.to_json_value() });
     }
     if out.is_empty() {
         return Err(bad(0, "no problems".into()));

@@ -20,6 +20,7 @@ mod optim;
 mod resume_check;
 mod rundir;
 mod sft;
+mod task_reward;
 mod trainer;
 mod update;
 
@@ -37,5 +38,6 @@ pub use optim::AdamW;
 pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};
 pub use rundir::{run_outputs, RunDir, StartMode, LOCK_FILE};
 pub use sft::supervised_step;
+pub use task_reward::{RewardErrors, RewardInput, RewardOutput, TaskReward, WeightedRewards};
 pub use trainer::{Metrics, Scorer, Trainer};
 pub use update::StepBatch;

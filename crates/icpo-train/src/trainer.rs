@@ -18,6 +18,7 @@ use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::rundir::{RunDir, StartMode};
+use crate::task_reward::{score_task, Scored, TaskReward};
 use crate::update::StepBatch;
 
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
@@ -32,6 +33,9 @@ pub enum Scorer {
     Text(Box<dyn Reward>),
     /// On the response token ids against the answer (benchmarks, synthetic tasks).
     Tokens(Box<TokenScore>),
+    /// A task reward that sees the whole problem, the prompt, the response and why it ended,
+    /// and may fail (see `trainer.reward_errors`).
+    Task(Box<dyn TaskReward>),
 }
 
 /// The trainer: policy, frozen reference, data, optimiser state and position.
@@ -257,8 +261,7 @@ impl Trainer {
                 ief_prompts.push(builder.in_context(&p.problem, &demos)?);
             }
         }
-        let answers: Vec<String> = problems.into_iter().map(|p| p.answer).collect();
-        self.rollout_on(&answers, &plain, &ief_prompts, rng, t_start)
+        self.rollout_on(&problems, &plain, &ief_prompts, rng, t_start)
     }
 
     /// Runs one training step on pre-tokenized prompts (plain, and in-context when IEF is
@@ -271,13 +274,15 @@ impl Trainer {
         ief_prompts: &[Vec<i64>],
     ) -> Result<Metrics> {
         let rng = ChaCha8Rng::seed_from_u64(seed_for(self.cfg.trainer.seed, self.step, 0));
-        let batch = self.rollout_on(answers, plain, ief_prompts, rng, Instant::now())?;
+        let problems: Vec<Problem> =
+            answers.iter().map(|a| Problem { answer: a.clone(), ..Problem::default() }).collect();
+        let batch = self.rollout_on(&problems, plain, ief_prompts, rng, Instant::now())?;
         self.update(batch)
     }
 
     fn rollout_on(
         &mut self,
-        answers: &[String],
+        problems: &[Problem],
         plain: &[Vec<i64>],
         ief_prompts: &[Vec<i64>],
         mut rng: ChaCha8Rng,
@@ -286,15 +291,15 @@ impl Trainer {
         let cfg = self.cfg.clone();
         let (g, n_off) =
             (cfg.rollout.group_size, if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 });
-        if answers.len() != plain.len() || (n_off > 0 && ief_prompts.len() != plain.len()) {
+        if problems.len() != plain.len() || (n_off > 0 && ief_prompts.len() != plain.len()) {
             return Err(TrainError::Aborted(format!(
                 "{} answers, {} plain prompts and {} IEF prompts must match",
-                answers.len(),
+                problems.len(),
                 plain.len(),
                 ief_prompts.len()
             )));
         }
-        let m = Metrics::new();
+        let mut m = Metrics::new();
 
         // Phase 2: on-policy and IEF rollouts; the steered prompts really reach the sampler.
         let t_gen = Instant::now();
@@ -333,26 +338,47 @@ impl Trainer {
 
         // Phase 3: scoring.
         let t_score = Instant::now();
-        let score = |rs: &[Rollout]| -> Result<Vec<f64>> {
+        let score = |rs: &[Rollout], prompts: &[Vec<i64>], is_ief: bool| -> Result<Scored> {
+            let answer = |r: &Rollout| problems[r.prompt_index].answer.as_str();
             match &self.scorer {
                 Scorer::Text(reward) => {
                     let texts: Vec<String> = rs
                         .iter()
                         .map(|r| self.tokenizer.decode(&r.tokens, true))
                         .collect::<std::result::Result<_, _>>()?;
-                    let pairs: Vec<(&str, &str)> = rs
-                        .iter()
-                        .zip(&texts)
-                        .map(|(r, t)| (answers[r.prompt_index].as_str(), t.as_str()))
-                        .collect();
-                    Ok(reward.score_batch(&pairs))
+                    let pairs: Vec<(&str, &str)> =
+                        rs.iter().zip(&texts).map(|(r, t)| (answer(r), t.as_str())).collect();
+                    Ok(Scored::all(reward.score_batch(&pairs)))
                 }
                 Scorer::Tokens(f) => {
-                    Ok(rs.iter().map(|r| f(&answers[r.prompt_index], &r.tokens)).collect())
+                    Ok(Scored::all(rs.iter().map(|r| f(answer(r), &r.tokens)).collect()))
                 }
+                Scorer::Task(reward) => score_task(
+                    reward.as_ref(),
+                    cfg.trainer.reward_errors,
+                    &self.tokenizer,
+                    problems,
+                    prompts,
+                    rs,
+                    is_ief,
+                ),
             }
         };
-        let (on_r, ief_r) = (score(&on)?, score(&ief)?);
+        let (on_s, ief_s) = (score(&on, plain, false)?, score(&ief, ief_prompts, true)?);
+        // A skipped on-policy rollout takes its group's mean (advantage 0); a skipped IEF one
+        // is worth 0, so ERRS does not accept it.
+        let on_r = on_s.group_filled(g);
+        let ief_r: Vec<f64> = ief_s.rewards.iter().map(|r| r.unwrap_or(0.0)).collect();
+        m.insert("reward/errors".into(), (on_s.errors + ief_s.errors) as f64);
+        let mut task_metrics = on_s.metrics;
+        for (k, (sum, n)) in ief_s.metrics {
+            let e = task_metrics.entry(k).or_default();
+            e.0 += sum;
+            e.1 += n;
+        }
+        for (k, (sum, n)) in task_metrics {
+            m.insert(format!("reward/{k}"), sum / n.max(1) as f64);
+        }
         let score_s = t_score.elapsed().as_secs_f64();
 
         // Phase 4: ERRS, shaping with this step's γ(t), group advantages.

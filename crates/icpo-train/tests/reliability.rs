@@ -205,7 +205,12 @@ fn build(cfg: TrainConfig, problems: Vec<Problem>, demos: usize) -> icpo_train::
 
 #[test]
 fn a_demo_pool_smaller_than_rollout_demos_is_refused_at_start() {
-    let problems = vec![Problem { id: "p".into(), problem: "Say e.".into(), answer: "e".into() }];
+    let problems = vec![Problem {
+        id: "p".into(),
+        problem: "Say e.".into(),
+        answer: "e".into(),
+        ..Default::default()
+    }];
     let cfg = config("unused", &["rollout.demos=3", "data.demo_pool_path=\"pool.jsonl\""]);
     let e = build(cfg, problems, 2).map(|_| ()).unwrap_err().to_string();
     assert!(e.contains("rollout.demos") && e.contains("pool.jsonl") && e.contains("only 2"), "{e}");
@@ -213,8 +218,18 @@ fn a_demo_pool_smaller_than_rollout_demos_is_refused_at_start() {
 
 #[test]
 fn over_long_prompts_are_dropped_at_load_and_counted() {
-    let short = Problem { id: "s".into(), problem: "Say e.".into(), answer: "e".into() };
-    let long = Problem { id: "l".into(), problem: "word ".repeat(400), answer: "e".into() };
+    let short = Problem {
+        id: "s".into(),
+        problem: "Say e.".into(),
+        answer: "e".into(),
+        ..Default::default()
+    };
+    let long = Problem {
+        id: "l".into(),
+        problem: "word ".repeat(400),
+        answer: "e".into(),
+        ..Default::default()
+    };
     let cfg = config("unused", &["data.max_prompt_tokens=100", "trainer.batch_prompts=2"]);
     let mut t = build(cfg.clone(), vec![short.clone(), long.clone(), short], 1).unwrap();
     assert_eq!(t.dropped_overlong, 1);
@@ -276,7 +291,12 @@ fn evaluating_nan_weights_is_an_error_naming_the_weight() {
         let _ = policy.named_weights()["model.norm.weight"].shallow_clone().fill_(f64::NAN);
     });
     let builder = icpo_rollout::PromptBuilder::new(&tok);
-    let problems = vec![Problem { id: "p".into(), problem: "1+1?".into(), answer: "2".into() }];
+    let problems = vec![Problem {
+        id: "p".into(),
+        problem: "1+1?".into(),
+        answer: "2".into(),
+        ..Default::default()
+    }];
     let mut cfg = icpo_train::EvalConfig::default();
     cfg.sampling.max_new_tokens = 2;
     let e = icpo_train::evaluate(

@@ -46,6 +46,11 @@ pub fn config(out: &str, overrides: &[&str]) -> TrainConfig {
 }
 
 pub fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
+    trainer_with(cfg, answer, Scorer::Text(Box::new(Contains)))
+}
+
+/// [`trainer`] with another scorer.
+pub fn trainer_with(cfg: TrainConfig, answer: &str, scorer: Scorer) -> Trainer {
     let opts = cfg.model.load_options().unwrap();
     let policy = CausalLm::load(tiny(), opts).unwrap();
     let reference = (cfg.loss.kl_coef > 0.0)
@@ -56,6 +61,7 @@ pub fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
             id: format!("p{i}"),
             problem: format!("Write the letter number {i}."),
             answer: answer.into(),
+            fields: serde_json::json!({"index": i, "target": answer}),
         })
         .collect();
     let demos = DemoPool::new(vec![
@@ -66,14 +72,10 @@ pub fn trainer(cfg: TrainConfig, answer: &str) -> Trainer {
         },
         Demo { id: "d1".into(), problem: "Name a vowel.".into(), solution: "A vowel: e.".into() },
     ]);
-    Trainer::new(
-        cfg,
-        policy,
-        reference,
-        tok,
-        problems,
-        Some(demos),
-        Scorer::Text(Box::new(Contains)),
-    )
-    .unwrap()
+    Trainer::new(cfg, policy, reference, tok, problems, Some(demos), scorer).unwrap()
+}
+
+/// The tiny tokenizer's text of `tokens` (special tokens skipped), as the trainer decodes.
+pub fn decode(tokens: &[i64]) -> String {
+    Tokenizer::from_dir(tiny()).unwrap().decode(tokens, true).unwrap()
 }

@@ -1,0 +1,112 @@
+//! Task rewards: they see every dataset field, the prompt and the response; a failure stops
+//! the step naming the problem, or with `trainer.reward_errors = "skip"` leaves the rollout out
+//! (advantage exactly 0) and is counted; weighted mixes log each part.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::{config, trainer_with};
+use icpo_train::{load_problems, RewardInput, Scorer, WeightedRewards};
+
+/// 1 when the response contains the problem's `target` field (the dataset's, not `answer`).
+fn target_reward(input: &RewardInput<'_>) -> Result<f64, String> {
+    let target = input.problem.fields["target"].as_str().ok_or("no `target` field")?;
+    Ok(f64::from(u8::from(input.response.contains(target))))
+}
+
+#[test]
+fn rewards_see_dataset_fields_prompt_and_response() {
+    // JSONL rows keep every field.
+    let path = std::env::temp_dir().join(format!("icpo-task-fields-{}.jsonl", std::process::id()));
+    std::fs::write(&path, "{\"problem\": \"Reach 24.\", \"answer\": \"24\", \"numbers\": [3, 8, 1], \"target\": 24}\n").unwrap();
+    let (problems, _) = load_problems(&path).unwrap();
+    assert_eq!(problems[0].fields["numbers"], serde_json::json!([3, 8, 1]));
+    assert_eq!(problems[0].fields["target"], 24);
+    std::fs::remove_file(&path).unwrap();
+
+    let seen: &'static Mutex<Vec<(String, String, usize, bool)>> = Box::leak(Box::default());
+    let reward = move |input: &RewardInput<'_>| -> Result<f64, String> {
+        seen.lock().unwrap().push((
+            input.problem.id.clone(),
+            input.prompt.to_string(),
+            input.tokens.len(),
+            input.is_ief,
+        ));
+        target_reward(input)
+    };
+    let mut t = trainer_with(config("icpo-task-a", &[]), "e", Scorer::Task(Box::new(reward)));
+    let batch = t.rollout().unwrap();
+    let seen = seen.lock().unwrap();
+    // 4 problems × (4 on-policy + 1 IEF) rollouts, each seen with its problem and prompt.
+    assert_eq!(seen.len(), 4 * 5);
+    for (id, prompt, _, is_ief) in seen.iter() {
+        let i: usize = id.trim_start_matches('p').parse().unwrap();
+        assert!(prompt.contains(&format!("Write the letter number {i}.")), "{prompt}");
+        assert_eq!(
+            is_ief,
+            &(prompt.contains("Write a letter.") || prompt.contains("Name a vowel."))
+        );
+    }
+    assert_eq!(seen.iter().filter(|s| s.3).count(), 4);
+    // The rewards are the target reward's: 1 exactly where the response holds "e".
+    for ((r, score), ..) in batch.on_policy.iter().zip(0..) {
+        let text = common::decode(&r.tokens);
+        assert_eq!(*score, f64::from(u8::from(text.contains('e'))), "{text:?}");
+    }
+    assert_eq!(batch.metrics["reward/errors"], 0.0);
+}
+
+/// Fails on responses of odd length.
+fn flaky(input: &RewardInput<'_>) -> Result<f64, String> {
+    if input.tokens.len() % 2 == 1 {
+        return Err(format!("sandbox unavailable ({} tokens)", input.tokens.len()));
+    }
+    target_reward(input)
+}
+
+#[test]
+fn a_failing_reward_stops_the_step_or_is_skipped_not_zeroed() {
+    let mut t = trainer_with(config("icpo-task-b", &[]), "e", Scorer::Task(Box::new(flaky)));
+    let e = t.train_step().unwrap_err().to_string();
+    assert!(e.contains("sandbox unavailable") && e.contains("problem `p"), "{e}");
+
+    let cfg = config("icpo-task-c", &["trainer.reward_errors=\"skip\""]);
+    let mut t = trainer_with(cfg, "e", Scorer::Task(Box::new(flaky)));
+    let batch = t.rollout().unwrap();
+    let odd = |n: usize| n % 2 == 1;
+    let failed =
+        batch.on_policy.iter().chain(&batch.ief).filter(|(r, _)| odd(r.tokens.len())).count();
+    assert!(failed > 0, "the workload has odd lengths");
+    assert_eq!(batch.metrics["reward/errors"], failed as f64);
+    for tr in batch.trajectories.iter().filter(|t| !t.is_ief && odd(t.response.len())) {
+        assert_eq!(tr.advantage, 0.0, "a skipped rollout gives no learning signal");
+    }
+    t.update(batch).unwrap();
+}
+
+#[test]
+fn weighted_rewards_sum_and_log_each_part() {
+    let mix = WeightedRewards::new().with("target", 0.5, target_reward).with(
+        "short",
+        2.0,
+        |i: &RewardInput<'_>| Ok(f64::from(u8::from(i.tokens.len() <= 3))),
+    );
+    let input_score = |tokens: usize, hit: bool| {
+        0.5 * f64::from(u8::from(hit)) + 2.0 * f64::from(u8::from(tokens <= 3))
+    };
+    let mut t = trainer_with(config("icpo-task-d", &[]), "e", Scorer::Task(Box::new(mix)));
+    let batch = t.rollout().unwrap();
+    for (r, score) in &batch.on_policy {
+        let hit = common::decode(&r.tokens).contains('e');
+        assert_eq!(*score, input_score(r.tokens.len(), hit));
+    }
+    let n = (batch.on_policy.len() + batch.ief.len()) as f64;
+    let short =
+        batch.on_policy.iter().chain(&batch.ief).filter(|(r, _)| r.tokens.len() <= 3).count()
+            as f64;
+    assert!((batch.metrics["reward/short"] - short / n).abs() < 1e-12);
+    assert!(batch.metrics.contains_key("reward/target"));
+}
