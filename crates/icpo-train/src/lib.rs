@@ -39,5 +39,5 @@ pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};
 pub use rundir::{run_outputs, RunDir, StartMode, LOCK_FILE};
 pub use sft::supervised_step;
 pub use task_reward::{RewardErrors, RewardInput, RewardOutput, TaskReward, WeightedRewards};
-pub use trainer::{Metrics, Scorer, Trainer};
+pub use trainer::{Advantages, Metrics, Scorer, Trainer};
 pub use update::StepBatch;

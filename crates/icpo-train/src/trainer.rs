@@ -65,6 +65,33 @@ pub struct Trainer {
     pub dropped_overlong: usize,
     /// Demonstrations dropped from the pool at construction (too short, or holding a URL).
     pub demos_dropped: usize,
+    /// A custom advantage estimator in place of `algorithm.advantage`.
+    pub(crate) advantages: Option<Box<dyn Advantages>>,
+}
+
+/// A custom advantage estimator (verl's registry of estimators, as a trait): the advantage of
+/// each trajectory of a step from the shaped rewards and group ids of all of them (after ERRS,
+/// grouped by prompt). [`Trainer::set_advantages`] puts one in place of `algorithm.advantage`.
+pub trait Advantages: Send + Sync {
+    /// One finite advantage per reward.
+    fn advantages(
+        &self,
+        rewards: &[f64],
+        groups: &[usize],
+    ) -> std::result::Result<Vec<f64>, String>;
+}
+
+impl<F> Advantages for F
+where
+    F: Fn(&[f64], &[usize]) -> std::result::Result<Vec<f64>, String> + Send + Sync,
+{
+    fn advantages(
+        &self,
+        rewards: &[f64],
+        groups: &[usize],
+    ) -> std::result::Result<Vec<f64>, String> {
+        self(rewards, groups)
+    }
 }
 
 /// The weight of one micro-batch's aggregated loss in its mini-batch's update, so that the
@@ -188,7 +215,13 @@ impl Trainer {
             resumed: false,
             dropped_overlong,
             demos_dropped,
+            advantages: None,
         })
+    }
+
+    /// Puts a custom advantage estimator in place of `algorithm.advantage` (None: back to it).
+    pub fn set_advantages(&mut self, estimator: Option<Box<dyn Advantages>>) {
+        self.advantages = estimator;
     }
 
     /// The policy being trained.
@@ -422,8 +455,25 @@ impl Trainer {
         }
         let shaped: Vec<f64> = trajs.iter().map(|t| t.shaped_reward).collect();
         let groups: Vec<usize> = trajs.iter().map(|t| t.group).collect();
-        let adv =
-            group_advantages(&shaped, &groups, cfg.algorithm.advantage, cfg.algorithm.epsilon)?;
+        let adv = match &self.advantages {
+            None => {
+                group_advantages(&shaped, &groups, cfg.algorithm.advantage, cfg.algorithm.epsilon)?
+            }
+            Some(custom) => {
+                let adv = custom
+                    .advantages(&shaped, &groups)
+                    .map_err(|e| TrainError::Aborted(format!("the advantage estimator: {e}")))?;
+                if adv.len() != shaped.len() || adv.iter().any(|a| !a.is_finite()) {
+                    return Err(TrainError::Aborted(format!(
+                        "the advantage estimator returned {} values ({} finite) for {} trajectories",
+                        adv.len(),
+                        adv.iter().filter(|a| a.is_finite()).count(),
+                        shaped.len()
+                    )));
+                }
+                adv
+            }
+        };
         for (t, a) in trajs.iter_mut().zip(adv) {
             t.advantage = a;
         }

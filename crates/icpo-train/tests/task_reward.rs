@@ -1,6 +1,7 @@
 //! Task rewards: they see every dataset field, the prompt and the response; a failure stops
 //! the step naming the problem, or with `trainer.reward_errors = "skip"` leaves the rollout out
-//! (advantage exactly 0) and is counted; weighted mixes log each part.
+//! (advantage exactly 0) and is counted; weighted mixes log each part. And a custom advantage
+//! estimator in place of `algorithm.advantage`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
@@ -109,4 +110,27 @@ fn weighted_rewards_sum_and_log_each_part() {
             as f64;
     assert!((batch.metrics["reward/short"] - short / n).abs() < 1e-12);
     assert!(batch.metrics.contains_key("reward/target"));
+}
+
+/// A custom advantage estimator replaces `algorithm.advantage`: the step's advantages are its
+/// values, and a wrong number of them is an error naming the counts.
+#[test]
+fn a_custom_advantage_estimator_sets_the_advantages() {
+    let sign = |rewards: &[f64], _groups: &[usize]| -> Result<Vec<f64>, String> {
+        Ok(rewards.iter().map(|r| if *r > 0.5 { 1.0 } else { -1.0 }).collect())
+    };
+    let mut t =
+        trainer_with(config("icpo-task-e", &[]), "e", Scorer::Task(Box::new(target_reward)));
+    t.set_advantages(Some(Box::new(sign)));
+    let batch = t.rollout().unwrap();
+    for tr in &batch.trajectories {
+        assert_eq!(tr.advantage, if tr.shaped_reward > 0.5 { 1.0 } else { -1.0 });
+    }
+    t.update(batch).unwrap();
+    let short = |rewards: &[f64], _: &[usize]| -> Result<Vec<f64>, String> {
+        Ok(vec![0.0; rewards.len() - 1])
+    };
+    t.set_advantages(Some(Box::new(short)));
+    let e = t.train_step().unwrap_err().to_string();
+    assert!(e.contains("advantage estimator returned 15 values"), "{e}");
 }
