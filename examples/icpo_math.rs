@@ -93,6 +93,7 @@ pub fn real_run(
         overrides.insert(0, "algorithm.ief=false".into());
     }
     let cfg = TrainConfig::load(Some(path), &overrides)?;
+    cfg.require_paths()?;
     let opts = cfg.model.load_options()?;
     let policy = CausalLm::load(&cfg.model.path, opts)?;
     let reference = if cfg.loss.kl_coef > 0.0 {
@@ -150,7 +151,9 @@ pub fn real_run(
         pb.inc(1);
         pb.set_message(format!(
             "reward {:.3} acc.IEF {:.2} γ {:.2}",
-            m["reward/on_policy_mean"], m["ief/acceptance_rate"], m["shaping/gamma"]
+            m["reward/on_policy_mean"],
+            m.get("ief/acceptance_rate").copied().unwrap_or(0.0),
+            m.get("shaping/gamma").copied().unwrap_or(0.0)
         ));
         if eval_every > 0 && t.step() % eval_every == 0 {
             let b = cfg.data.prompt_builder(&eval_tok);

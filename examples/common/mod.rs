@@ -262,7 +262,8 @@ pub fn run(s: &Settings) -> Result<Report> {
             pb.inc(1);
             pb.set_message(format!(
                 "reward {:.2} ief-accept {:.2}",
-                m["reward/on_policy_mean"], m["ief/acceptance_rate"]
+                m["reward/on_policy_mean"],
+                m.get("ief/acceptance_rate").copied().unwrap_or(0.0)
             ));
             Ok(())
         })?;

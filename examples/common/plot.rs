@@ -65,7 +65,7 @@ pub fn draw(path: &Path, methods: &[MethodResult]) -> Result<()> {
                     .metrics
                     .iter()
                     .enumerate()
-                    .map(|(s, x)| (s as f64 + 1.0, x["ief/acceptance_rate"]))
+                    .filter_map(|(s, x)| Some((s as f64 + 1.0, *x.get("ief/acceptance_rate")?)))
                     .collect(),
                 _ => Vec::new(),
             };
@@ -84,7 +84,7 @@ pub fn draw(path: &Path, methods: &[MethodResult]) -> Result<()> {
                     .metrics
                     .iter()
                     .enumerate()
-                    .map(|(s, x)| (s as f64 + 1.0, x["shaping/gamma"]))
+                    .filter_map(|(s, x)| Some((s as f64 + 1.0, *x.get("shaping/gamma")?)))
                     .collect();
                 let g = chart.draw_series(LineSeries::new(gamma, BLACK.stroke_width(1)))?;
                 if text {

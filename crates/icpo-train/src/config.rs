@@ -483,6 +483,13 @@ impl TrainConfig {
             }
         }
         self.loss.validate().map_err(|e| cfg_err("loss", e.to_string()))?;
+        Ok(())
+    }
+
+    /// For drivers that load the policy and the problems from the config's files (`icpo_math
+    /// --config`): `model.path` and `data.train_path` must be set. A trainer built from a
+    /// policy and problems in memory needs neither.
+    pub fn require_paths(&self) -> Result<()> {
         if self.model.path.is_empty() {
             return Err(cfg_err("model.path", "required"));
         }
@@ -490,6 +497,16 @@ impl TrainConfig {
             return Err(cfg_err("data.train_path", "required"));
         }
         Ok(())
+    }
+
+    /// GRPO's defaults: no IEF rollouts (so neither ERRS nor the expert bonus), everything else
+    /// as [`TrainConfig::default`] (group of 8, token-mean loss, k3 KL 0.001, lr 1e-6).
+    pub fn grpo() -> Self {
+        let mut cfg = TrainConfig::default();
+        cfg.algorithm.ief = false;
+        cfg.algorithm.shaping = false;
+        cfg.rollout.ief_samples = 0;
+        cfg
     }
 }
 
@@ -531,7 +548,9 @@ mod tests {
         bad.push("algorithm.advantage=ppo".into());
         let e = TrainConfig::load(None, &bad).unwrap_err().to_string();
         assert!(e.contains("ppo") && e.contains("grpo"), "{e}");
-        assert!(TrainConfig::load(None, &[]).unwrap_err().to_string().contains("model.path"));
+        // Paths are asked for by the file drivers (`require_paths`), not by `load`.
+        let empty = TrainConfig::load(None, &[]).unwrap();
+        assert!(empty.require_paths().unwrap_err().to_string().contains("model.path"));
     }
 }
 
@@ -578,6 +597,26 @@ mod paper_configs {
             }
         }
         assert_eq!(n, 6);
+    }
+
+    /// The GRPO preset and the in-memory case: no paths needed to validate, required (by
+    /// name) only by file-driven drivers.
+    #[test]
+    fn grpo_preset_and_paths_for_file_drivers() {
+        let g = TrainConfig::grpo();
+        assert!(!g.algorithm.ief && !g.algorithm.shaping && g.rollout.ief_samples == 0);
+        assert_eq!(g.rollout.group_size, TrainConfig::default().rollout.group_size);
+        g.validate().unwrap();
+        let e = g.require_paths().unwrap_err().to_string();
+        assert!(e.contains("model.path"), "{e}");
+        let mut named = TrainConfig::grpo();
+        named.model.path = "m".into();
+        let e = named.require_paths().unwrap_err().to_string();
+        assert!(e.contains("data.train_path"), "{e}");
+        named.data.train_path = "t.jsonl".into();
+        named.require_paths().unwrap();
+        // Loading without paths is fine now; the config file drivers ask for them.
+        TrainConfig::load(None, &[]).unwrap();
     }
 
     #[test]

@@ -132,6 +132,7 @@ impl Trainer {
         mut demos: Option<DemoPool>,
         scorer: Scorer,
     ) -> Result<Self> {
+        cfg.validate()?;
         if cfg.loss.kl_coef > 0.0 && reference.is_none() {
             return Err(TrainError::Config {
                 key: "loss.kl_coef".into(),

@@ -223,15 +223,22 @@ impl Trainer {
             mean(&trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>()),
         );
         m.insert("reward/on_policy_mean".into(), mean(&on_r));
-        m.insert("reward/ief_mean".into(), mean(&ief_r));
-        m.insert("reward/ief_accepted_mean".into(), mean(&ief_accepted_rewards));
-        m.insert("ief/success_rate".into(), mean(&ief_r));
-        m.insert("ief/on_policy_success_rate".into(), mean(&on_r));
-        m.insert(
-            "ief/acceptance_rate".into(),
-            if batch.ief.is_empty() { 0.0 } else { batch.accepted as f64 / batch.ief.len() as f64 },
-        );
-        m.insert("shaping/gamma".into(), batch.gamma);
+        // IEF's metrics only where IEF runs (GRPO has none to report).
+        if cfg.algorithm.ief {
+            m.insert("reward/ief_mean".into(), mean(&ief_r));
+            m.insert("reward/ief_accepted_mean".into(), mean(&ief_accepted_rewards));
+            m.insert("ief/success_rate".into(), mean(&ief_r));
+            m.insert("ief/on_policy_success_rate".into(), mean(&on_r));
+            m.insert(
+                "ief/acceptance_rate".into(),
+                if batch.ief.is_empty() {
+                    0.0
+                } else {
+                    batch.accepted as f64 / batch.ief.len() as f64
+                },
+            );
+            m.insert("shaping/gamma".into(), batch.gamma);
+        }
         m.insert("response_length/mean".into(), mean(&lens));
         m.insert("response_length/max".into(), lens.iter().cloned().fold(0.0, f64::max));
         m.insert(
