@@ -23,11 +23,12 @@ fn reduced_pipeline_produces_metrics_plot_and_table() {
     for m in &report.methods {
         assert_eq!(m.metrics.len(), 3, "{}", m.name);
         for step in &m.metrics {
-            for key in
-                ["actor/pg_loss", "actor/grad_norm", "reward/on_policy_mean", "shaping/gamma"]
-            {
+            for key in ["actor/pg_loss", "actor/grad_norm", "reward/on_policy_mean"] {
                 assert!(step[key].is_finite(), "{} {key} = {}", m.name, step[key]);
             }
+            // γ(t) and the IEF metrics exist for ICPO only.
+            let ief_keys = step.keys().any(|k| k.starts_with("ief/") || k == "shaping/gamma");
+            assert_eq!(ief_keys, m.name == "ICPO", "{}", m.name);
         }
         assert!(out.join(m.name.to_lowercase()).join("metrics.jsonl").exists());
         assert!((0.0..=1.0).contains(&m.after.all));
