@@ -151,6 +151,9 @@ pub struct RolloutSection {
     /// Parallel decoding streams (`icpo_rollout::EngineConfig::streams`): 0 (default) is one
     /// per libtorch thread on a CPU and one on a GPU.
     pub decode_streams: usize,
+    /// Strings that end a training rollout when its decoded text reaches one (kept in the
+    /// response, finish reason `stop_string`), besides EOS. Default none.
+    pub stop_strings: Vec<String>,
 }
 
 impl Default for RolloutSection {
@@ -165,6 +168,7 @@ impl Default for RolloutSection {
             max_new_tokens: 8192,
             max_tokens_in_flight: 1 << 18,
             decode_streams: 0,
+            stop_strings: Vec::new(),
         }
     }
 }

@@ -247,6 +247,7 @@ impl Trainer {
             top_p: r.top_p,
             top_k: r.top_k,
             max_new_tokens: r.max_new_tokens,
+            stop_strings: r.stop_strings.clone(),
             ..Default::default()
         }
     }
@@ -347,7 +348,7 @@ impl Trainer {
         let on = generate(
             &self.policy,
             &Request { prompts: plain, n: g, params: &params, eos_token_ids: &eos, seed: seed_on },
-            None,
+            Some(&self.tokenizer),
             &engine,
         )?;
         let ief = if n_off > 0 {
@@ -361,7 +362,7 @@ impl Trainer {
                     eos_token_ids: &eos,
                     seed: seed_ief,
                 },
-                None,
+                Some(&self.tokenizer),
                 &engine,
             )?
         } else {

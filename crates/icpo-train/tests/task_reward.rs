@@ -134,3 +134,29 @@ fn a_custom_advantage_estimator_sets_the_advantages() {
     let e = t.train_step().unwrap_err().to_string();
     assert!(e.contains("advantage estimator returned 15 values"), "{e}");
 }
+
+/// `rollout.stop_strings` reach the training rollouts: a response ends where its text first
+/// holds the stop string, and only there.
+#[test]
+fn stop_strings_end_training_rollouts() {
+    let cfg = config("icpo-task-f", &["rollout.stop_strings=[\"e\"]"]);
+    let mut t = trainer_with(cfg, "e", Scorer::Task(Box::new(target_reward)));
+    let batch = t.rollout().unwrap();
+    let mut stopped = 0;
+    for (r, _) in batch.on_policy.iter().chain(&batch.ief) {
+        let text = common::decode(&r.tokens);
+        let before = common::decode(&r.tokens[..r.tokens.len() - 1]);
+        assert!(!before.contains('e'), "went on after the stop string: {text:?}");
+        if r.finish_reason == icpo_rollout::FinishReason::StopString {
+            assert!(text.contains('e'), "{text:?}");
+            stopped += 1;
+        } else {
+            assert!(
+                !text.contains('e'),
+                "{:?} yet holds the stop string: {text:?}",
+                r.finish_reason
+            );
+        }
+    }
+    assert!(stopped > 0, "some rollouts reach the stop string");
+}
