@@ -2,6 +2,7 @@
 
 /// Invalid input to one of the reference functions.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CoreError {
     /// A setting is out of its valid range.
     #[error("`{field}` = {value}: {message}")]

@@ -2,6 +2,7 @@
 
 /// Invalid inputs or settings of a loss kernel.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LossError {
     /// Tensors whose shapes disagree; the message names the dims.
     #[error("shape error: {0}")]

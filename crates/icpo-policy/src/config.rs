@@ -9,6 +9,7 @@ use crate::error::{read_json, PolicyError, Result};
 /// The model families this crate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Architecture {
     /// Qwen2 / Qwen2.5: biases on the q, k and v projections.
     Qwen2,
@@ -33,6 +34,7 @@ impl Architecture {
 
 /// Floating-point dtype of a model's weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[non_exhaustive]
 pub enum DType {
     /// 32-bit float (default; what CPU training and parity tests use).
     #[default]
@@ -78,6 +80,7 @@ impl DType {
 
 /// How rotary position frequencies are scaled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RopeScaling {
     /// Plain RoPE.
     Default,

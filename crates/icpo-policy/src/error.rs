@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong loading, running or saving a policy.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// A file could not be read or written.
     #[error("{path}: {error}")]

@@ -8,6 +8,7 @@ use crate::model::{check_ids, CausalLm, Past};
 
 /// Whether and how [`CausalLm::response_logprobs`] computes per-token entropy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Entropy {
     /// No entropy.
     Skip,

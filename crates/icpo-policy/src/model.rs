@@ -31,6 +31,7 @@ pub struct LoadOptions {
 
 /// A `tch::Device` with a `Default` (CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum DeviceOpt {
     /// The CPU.
     #[default]

@@ -78,6 +78,7 @@ impl DecodeModel for CausalLm {
 /// Why a sample ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FinishReason {
     /// It produced an EOS id (kept as its last token).
     Eos,

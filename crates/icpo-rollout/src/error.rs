@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Errors of generation and prompt building.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RolloutError {
     /// An out-of-range sampling or engine setting; names the field.
     #[error("`{field}` = {value}: {message}")]

@@ -17,6 +17,7 @@ pub const DEFAULT_INSTRUCTION: &str =
 /// How a problem becomes prompt text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum PromptTemplate {
     /// The checkpoint's chat template, one user message, generation prompt added (default).
     #[default]

@@ -214,6 +214,7 @@ impl Default for AlgorithmSection {
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LrSchedule {
     /// Constant (the paper's).
     #[default]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Errors of configuration, data, training and checkpointing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A config key is unknown, malformed or out of range; names the key.
     #[error("config `{key}`: {message}")]

@@ -105,6 +105,7 @@ impl TaskReward for WeightedRewards {
 /// What a step does with a rollout whose reward failed (`trainer.reward_errors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum RewardErrors {
     /// Stop the step with an error naming the problem and the reward's message (default).
     #[default]

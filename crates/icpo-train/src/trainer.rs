@@ -28,6 +28,7 @@ pub type Metrics = BTreeMap<String, f64>;
 pub type TokenScore = dyn Fn(&str, &[i64]) -> f64 + Send + Sync;
 
 /// How rollouts are rewarded.
+#[non_exhaustive]
 pub enum Scorer {
     /// On the decoded response text against the problem's answer (the math verifier).
     Text(Box<dyn Reward>),

@@ -6,6 +6,7 @@ use num_traits::{One, Signed, ToPrimitive, Zero};
 
 /// A relation between two parts of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RelOp {
     /// `=`
     Eq,
@@ -23,6 +24,7 @@ pub enum RelOp {
 
 /// A parsed answer.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Expr {
     /// A number; `decimals` is set when it was written with a decimal point.
     Num(BigRational, Option<u32>),

@@ -22,6 +22,7 @@ const MAX_BRACE_DEPTH: usize = 500;
 /// Where an extracted answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Source {
     /// One or more `\boxed{}` / `\fbox{}`.
     Boxed,
