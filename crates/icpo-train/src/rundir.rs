@@ -14,7 +14,6 @@ pub const LOCK_FILE: &str = ".icpo-lock";
 /// How a run starts in its output directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-#[non_exhaustive]
 pub enum StartMode {
     /// A new run: the directory must hold no run yet.
     Fresh,
