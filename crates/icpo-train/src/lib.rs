@@ -16,6 +16,7 @@ mod config;
 mod data;
 mod error;
 mod eval;
+mod fit;
 mod optim;
 mod resume_check;
 mod rundir;
@@ -33,6 +34,7 @@ pub use config::{
 pub use data::{load_problems, load_verl_parquet, Cursor, Problem};
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, protocol_samples, write_responses, EvalConfig, EvalResult, Graded};
+pub use fit::{Control, JsonlSink, MetricsSink};
 pub use icpo_policy::peak_rss_bytes;
 pub use optim::AdamW;
 pub use resume_check::{check_config, ConfigChange, OPERATIONAL_KEYS};

@@ -17,7 +17,7 @@ use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
-use crate::rundir::{RunDir, StartMode};
+use crate::rundir::RunDir;
 use crate::task_reward::{score_task, Scored, TaskReward};
 use crate::update::StepBatch;
 
@@ -68,6 +68,8 @@ pub struct Trainer {
     pub demos_dropped: usize,
     /// A custom advantage estimator in place of `algorithm.advantage`.
     pub(crate) advantages: Option<Box<dyn Advantages>>,
+    /// Where `fit` sends each step's metrics instead of `metrics.jsonl`.
+    pub(crate) sink: Option<Box<dyn crate::fit::MetricsSink>>,
 }
 
 /// A custom advantage estimator (verl's registry of estimators, as a trait): the advantage of
@@ -218,6 +220,7 @@ impl Trainer {
             dropped_overlong,
             demos_dropped,
             advantages: None,
+            sink: None,
         })
     }
 
@@ -500,48 +503,6 @@ impl Trainer {
     /// Where outputs go.
     pub fn output_dir(&self) -> PathBuf {
         PathBuf::from(&self.cfg.trainer.output_dir)
-    }
-
-    /// Runs steps until `trainer.total_steps`, appending each step's metrics to
-    /// `metrics.jsonl`, checkpointing every `save_every` steps and at the end, and calling
-    /// `on_step` (progress bars, evaluation) after each step.
-    ///
-    /// Before the first step the output directory is claimed ([`RunDir::claim`]): writable,
-    /// locked for the run's lifetime, and, unless [`Trainer::resume`] ran first, holding no
-    /// earlier run (or cleared of it with `trainer.overwrite`). A resumed run whose checkpoint
-    /// already reached `trainer.total_steps` is an error saying so, not a silent success.
-    pub fn fit(&mut self, mut on_step: impl FnMut(&Trainer, &Metrics) -> Result<()>) -> Result<()> {
-        let out = self.output_dir();
-        if self.run_dir.is_none() {
-            let mode = match (self.resumed, self.cfg.trainer.overwrite) {
-                (true, _) => StartMode::Resume,
-                (false, true) => StartMode::Overwrite,
-                (false, false) => StartMode::Fresh,
-            };
-            self.run_dir = Some(RunDir::claim(&out, mode)?);
-        }
-        if self.resumed && self.step >= self.cfg.trainer.total_steps {
-            return Err(TrainError::Config {
-                key: "trainer.total_steps".into(),
-                message: format!(
-                    "the resumed checkpoint is at step {}, which already reaches total_steps = {}: nothing to do (raise trainer.total_steps to train further)",
-                    self.step, self.cfg.trainer.total_steps
-                ),
-            });
-        }
-        let metrics_path = out.join("metrics.jsonl");
-        while self.step < self.cfg.trainer.total_steps {
-            let m = self.train_step()?;
-            crate::checkpoint::append_jsonl(&metrics_path, &m)?;
-            let every = self.cfg.trainer.save_every;
-            if (every > 0 && self.step.is_multiple_of(every))
-                || self.step == self.cfg.trainer.total_steps
-            {
-                self.save_checkpoint(&out)?;
-            }
-            on_step(self, &m)?;
-        }
-        Ok(())
     }
 
     /// The checkpoint directory name of the current step.

@@ -160,3 +160,34 @@ fn stop_strings_end_training_rollouts() {
     }
     assert!(stopped > 0, "some rollouts reach the stop string");
 }
+
+/// A metrics sink receives every step of `fit` (and metrics.jsonl is then not written); a
+/// callback stops the run cleanly, the last step checkpointed and resumable.
+#[test]
+fn metrics_sinks_and_callbacks_that_stop() {
+    use std::sync::{Arc, Mutex};
+    let out = std::env::temp_dir().join("icpo-task-g");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut t =
+        trainer_with(config("icpo-task-g", &[]), "e", Scorer::Task(Box::new(target_reward)));
+    let steps: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let seen = Arc::clone(&steps);
+    t.set_metrics_sink(Some(Box::new(move |m: &icpo_train::Metrics| {
+        seen.lock().unwrap().push(m["step"]);
+        Ok(())
+    })));
+    t.fit_until(|t, _| {
+        Ok(if t.step() == 2 { icpo_train::Control::Stop } else { icpo_train::Control::Continue })
+    })
+    .unwrap();
+    assert_eq!(*steps.lock().unwrap(), vec![0.0, 1.0]);
+    assert_eq!(t.step(), 2);
+    assert!(!out.join("metrics.jsonl").exists(), "the sink replaces metrics.jsonl");
+    assert_eq!(std::fs::read_to_string(out.join("latest")).unwrap(), "step_000002");
+    drop(t);
+    let mut resumed =
+        trainer_with(config("icpo-task-g", &[]), "e", Scorer::Task(Box::new(target_reward)));
+    resumed.resume(&out).unwrap();
+    assert_eq!(resumed.step(), 2);
+    std::fs::remove_dir_all(&out).unwrap();
+}
