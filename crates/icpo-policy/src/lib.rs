@@ -42,5 +42,7 @@ pub use jsonl::{parse_jsonl, read_jsonl, JsonlLine};
 pub use logprobs::{Entropy, TokenLogprobs};
 pub use memory::{peak_memory_bytes, peak_rss_bytes, reset_peak_memory};
 pub use model::{CausalLm, DeviceOpt, LoadOptions};
-pub use tokenizer::{render_chat_template, ChatMessage, Tokenizer};
+pub use tokenizer::{
+    render_chat_template, render_chat_template_with, ChatMessage, TemplateArgs, Tokenizer,
+};
 pub use weights::{load_safetensors, save_safetensors, DEFAULT_MAX_SHARD_BYTES};

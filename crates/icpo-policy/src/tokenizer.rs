@@ -187,21 +187,36 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, &TemplateArgs::new())
+    }
+
+    /// [`Tokenizer::apply_chat_template`] with extra template variables, as transformers'
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3's `enable_thinking`, tools, dates).
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        args: &TemplateArgs,
+    ) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             PolicyError::Template(format!(
                 "{}: the checkpoint has no chat template",
                 self.path.display()
             ))
         })?;
-        render_chat_template(
+        render_chat_template_with(
             template,
             messages,
             add_generation_prompt,
             self.bos_token.as_deref(),
             self.eos_token.as_deref(),
+            args,
         )
     }
 }
+
+/// Extra variables for a chat template, by name.
+pub type TemplateArgs = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// Renders a Hugging Face chat template with minijinja.
 pub fn render_chat_template(
@@ -210,6 +225,25 @@ pub fn render_chat_template(
     add_generation_prompt: bool,
     bos_token: Option<&str>,
     eos_token: Option<&str>,
+) -> Result<String> {
+    render_chat_template_with(
+        template,
+        messages,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+        &TemplateArgs::new(),
+    )
+}
+
+/// [`render_chat_template`] with extra template variables (`args`; the named ones above win).
+pub fn render_chat_template_with(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+    args: &TemplateArgs,
 ) -> Result<String> {
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
@@ -228,6 +262,7 @@ pub fn render_chat_template(
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token.unwrap_or(""),
         eos_token => eos_token.unwrap_or(""),
+        ..minijinja::Value::from_serialize(args)
     })
     .map_err(|e| PolicyError::Template(format!("{e:#}")))
 }

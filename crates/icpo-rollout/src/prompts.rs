@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use icpo_policy::{ChatMessage, Tokenizer};
+use icpo_policy::{ChatMessage, TemplateArgs, Tokenizer};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -125,6 +125,10 @@ pub struct PromptBuilder<'a> {
     /// Longest prompt in tokens; in-context prompts beyond it are cut in the middle of the
     /// demonstrations, plain prompts beyond it are an error.
     pub max_prompt_tokens: usize,
+    /// A system turn before the user message (chat template only; empty: none, the paper's).
+    pub system: String,
+    /// Extra chat-template variables (Qwen3's `enable_thinking = false`, ...); none by default.
+    pub template_args: TemplateArgs,
 }
 
 const CUT_MARKER: &str = "\n...\n";
@@ -137,14 +141,21 @@ impl<'a> PromptBuilder<'a> {
             template: PromptTemplate::Chat,
             instruction: DEFAULT_INSTRUCTION.into(),
             max_prompt_tokens: 4096,
+            system: String::new(),
+            template_args: TemplateArgs::new(),
         }
     }
 
     fn render(&self, content: &str) -> Result<String> {
         match self.template {
-            PromptTemplate::Chat => Ok(self
-                .tokenizer
-                .apply_chat_template(&[ChatMessage::new("user", content)], true)?),
+            PromptTemplate::Chat => {
+                let mut messages = Vec::with_capacity(2);
+                if !self.system.is_empty() {
+                    messages.push(ChatMessage::new("system", &self.system));
+                }
+                messages.push(ChatMessage::new("user", content));
+                Ok(self.tokenizer.apply_chat_template_with(&messages, true, &self.template_args)?)
+            }
             PromptTemplate::Raw => Ok(format!("Question:\n{content}\n\nAnswer:\n")),
         }
     }

@@ -98,6 +98,12 @@ pub struct DataSection {
     /// Demonstrations whose solution holds a URL (`http:`/`https:`) are dropped, as the
     /// authors do. Default true.
     pub demo_drop_urls: bool,
+    /// A system turn before every prompt's user message (chat template). Default none, as the
+    /// paper's prompts.
+    pub system_prompt: String,
+    /// Extra chat-template variables, e.g. `{ enable_thinking = false }` for Qwen3's
+    /// non-thinking mode. Default none.
+    pub chat_template_args: icpo_policy::TemplateArgs,
 }
 
 impl DataSection {
@@ -108,6 +114,8 @@ impl DataSection {
         builder.template = self.template;
         builder.instruction = self.instruction.clone();
         builder.max_prompt_tokens = self.max_prompt_tokens;
+        builder.system = self.system_prompt.clone();
+        builder.template_args = self.chat_template_args.clone();
         builder
     }
 }
@@ -124,6 +132,8 @@ impl Default for DataSection {
             eval_paths: Vec::new(),
             demo_min_solution_chars: 58,
             demo_drop_urls: true,
+            system_prompt: String::new(),
+            chat_template_args: icpo_policy::TemplateArgs::new(),
         }
     }
 }
@@ -339,7 +349,13 @@ fn cfg_err(key: &str, message: impl Into<String>) -> TrainError {
 
 /// Every key of `doc` must exist in `defaults` (same nesting): the error names the first that
 /// does not, with the valid keys of its section.
+/// Tables whose keys are the user's own (passed through, not checked against the defaults).
+const FREE_FORM_KEYS: [&str; 1] = ["data.chat_template_args"];
+
 fn check_keys(doc: &toml::Value, defaults: &toml::Value, prefix: &str) -> Result<()> {
+    if FREE_FORM_KEYS.contains(&prefix) {
+        return Ok(());
+    }
     let (Some(d), Some(t)) = (doc.as_table(), defaults.as_table()) else { return Ok(()) };
     for (k, v) in d {
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };

@@ -191,3 +191,40 @@ fn metrics_sinks_and_callbacks_that_stop() {
     assert_eq!(resumed.step(), 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// The prompt format is configurable: a system turn and chat-template arguments (Qwen3's
+/// non-thinking mode) reach the plain and the in-context prompts the sampler sees.
+#[test]
+fn system_turn_and_template_args_reach_the_prompts() {
+    let cfg = config(
+        "icpo-task-h",
+        &[
+            "data.system_prompt=\"You are terse.\"",
+            "data.chat_template_args={enable_thinking=false}",
+        ],
+    );
+    let prompts: &'static Mutex<Vec<String>> = Box::leak(Box::default());
+    let reward = move |i: &RewardInput<'_>| -> Result<f64, String> {
+        prompts.lock().unwrap().push(i.prompt.to_string());
+        target_reward(i)
+    };
+    let mut t = trainer_with(cfg, "e", Scorer::Task(Box::new(reward)));
+    let batch = t.rollout().unwrap();
+    let seen = prompts.lock().unwrap();
+    assert_eq!(seen.len(), batch.on_policy.len() + batch.ief.len());
+    for p in seen.iter() {
+        assert!(
+            p.starts_with("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\n"),
+            "{p:?}"
+        );
+        assert!(p.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"), "{p:?}");
+    }
+    // The default: no system turn, thinking left to the template.
+    let tok = common::tokenizer();
+    let plain = icpo_train::TrainConfig::default().data.prompt_builder(&tok);
+    let text = plain.plain_text("1+1?").unwrap();
+    assert!(
+        text.starts_with("<|im_start|>user\n") && text.ends_with("<|im_start|>assistant\n"),
+        "{text:?}"
+    );
+}

@@ -79,3 +79,8 @@ pub fn trainer_with(cfg: TrainConfig, answer: &str, scorer: Scorer) -> Trainer {
 pub fn decode(tokens: &[i64]) -> String {
     Tokenizer::from_dir(tiny()).unwrap().decode(tokens, true).unwrap()
 }
+
+/// The tiny checkpoint's tokenizer.
+pub fn tokenizer() -> Tokenizer {
+    Tokenizer::from_dir(tiny()).unwrap()
+}
