@@ -81,21 +81,22 @@ impl KvCache {
         if need <= cap {
             return Ok(());
         }
-        let new_cap = need.max(2 * cap);
-        let grow = |t: &Tensor, dim: i64| -> Result<Tensor> {
+        self.pad_columns(need.max(2 * cap) - cap, false)
+    }
+
+    /// Adds `extra` empty (masked) columns after the allocation, or before it when `front`.
+    fn pad_columns(&mut self, extra: i64, front: bool) -> Result<()> {
+        let pad = |t: &Tensor, dim: i64| -> Result<Tensor> {
             let mut size = t.size();
-            let d = dim as usize;
-            size[d] = new_cap - cap;
-            let pad = Tensor::f_zeros(&size, (t.kind(), t.device()))?;
-            Ok(Tensor::f_cat(&[t, &pad], dim)?)
+            size[dim as usize] = extra;
+            let zeros = Tensor::f_zeros(&size, (t.kind(), t.device()))?;
+            let parts = if front { [&zeros, t] } else { [t, &zeros] };
+            Ok(Tensor::f_cat(&parts, dim)?)
         };
-        for k in self.keys.iter_mut() {
-            *k = grow(k, 2)?;
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            *t = pad(t, 2)?;
         }
-        for v in self.values.iter_mut() {
-            *v = grow(v, 2)?;
-        }
-        self.key_mask = grow(&self.key_mask, 1)?;
+        self.key_mask = pad(&self.key_mask, 1)?;
         Ok(())
     }
 
@@ -130,16 +131,7 @@ impl KvCache {
         let p = from.len;
         let grown = (p - self.len).max(0);
         if grown > 0 {
-            let front = |t: &Tensor, dim: i64| -> Result<Tensor> {
-                let mut size = t.size();
-                size[dim as usize] = grown;
-                let pad = Tensor::f_zeros(&size, (t.kind(), t.device()))?;
-                Ok(Tensor::f_cat(&[&pad, t], dim)?)
-            };
-            for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
-                *t = front(t, 2)?;
-            }
-            self.key_mask = front(&self.key_mask, 1)?;
+            self.pad_columns(grown, true)?;
             self.len += grown;
         }
         let start = self.len - p;
