@@ -79,17 +79,23 @@ impl AdamW {
     /// the gradient accumulator. A no-op for f32 weights.
     pub fn prepare(&mut self, params: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         for (name, p) in params {
-            if p.kind() == Kind::Float {
-                continue;
-            }
-            if !self.master.contains_key(name) {
-                let copy = tch::no_grad(|| p.f_detach()?.f_to_kind(Kind::Float))?;
-                self.master.insert(name.clone(), copy);
-            }
-            if !self.accum.contains_key(name) {
-                let zeros = Tensor::f_zeros(p.size(), (Kind::Float, p.device()))?;
-                self.accum.insert(name.clone(), zeros);
-            }
+            self.ensure_buffers(name, p)?;
+        }
+        Ok(())
+    }
+
+    /// [`AdamW::prepare`] for one weight.
+    fn ensure_buffers(&mut self, name: &str, p: &Tensor) -> Result<()> {
+        if p.kind() == Kind::Float {
+            return Ok(());
+        }
+        if !self.master.contains_key(name) {
+            let copy = tch::no_grad(|| p.f_detach()?.f_to_kind(Kind::Float))?;
+            self.master.insert(name.to_string(), copy);
+        }
+        if !self.accum.contains_key(name) {
+            let zeros = Tensor::f_zeros(p.size(), (Kind::Float, p.device()))?;
+            self.accum.insert(name.to_string(), zeros);
         }
         Ok(())
     }
@@ -105,13 +111,10 @@ impl AdamW {
                 if p.kind() == Kind::Float || !g.defined() {
                     continue;
                 }
-                let acc = match self.accum.entry(name.clone()) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(Tensor::f_zeros(p.size(), (Kind::Float, p.device()))?)
-                    }
-                };
-                let _ = acc.f_add_(&g)?;
+                self.ensure_buffers(name, p)?;
+                if let Some(acc) = self.accum.get_mut(name) {
+                    let _ = acc.f_add_(&g)?;
+                }
                 let _ = g.f_zero_()?;
                 self.touched.insert(name.clone());
             }
@@ -204,14 +207,11 @@ impl AdamW {
                     continue;
                 }
                 // The update goes to the f32 master; the weight is the master rounded.
-                let master = match self.master.entry(name.clone()) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(p.f_detach()?.f_to_kind(Kind::Float)?)
-                    }
-                };
-                let _ = master.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
-                p.f_copy_(master)?;
+                self.ensure_buffers(name, &p)?;
+                if let Some(master) = self.master.get_mut(name) {
+                    let _ = master.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
+                    p.f_copy_(master)?;
+                }
             }
             Ok(())
         })?;
