@@ -41,6 +41,8 @@ pub trait DecodeModel {
     ) -> Result<i64>;
     /// Keeps only the last `keep` filled columns, moved to the front.
     fn compact(&self, cache: &mut Self::Cache, keep: i64) -> Result<()>;
+    /// Filled columns of `cache` (every row's next token goes into the next one).
+    fn filled(&self, cache: &Self::Cache) -> i64;
 }
 
 impl DecodeModel for CausalLm {
@@ -72,6 +74,9 @@ impl DecodeModel for CausalLm {
     }
     fn compact(&self, cache: &mut KvCache, keep: i64) -> Result<()> {
         Ok(cache.keep_last(keep)?)
+    }
+    fn filled(&self, cache: &KvCache) -> i64 {
+        cache.len()
     }
 }
 

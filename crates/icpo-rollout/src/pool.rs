@@ -75,7 +75,6 @@ pub(crate) fn decode_pool<M: DecodeModel>(
     let mut cache: Option<M::Cache> = None;
     let mut live: Vec<Option<Seq>> = Vec::new();
     let mut logits: Option<Tensor> = None;
-    let mut len = 0i64;
     loop {
         // 1. Admit pending sequences into free slots.
         let free: Vec<usize> = if cache.is_none() {
@@ -107,7 +106,6 @@ pub(crate) fn decode_pool<M: DecodeModel>(
                     model.select_rows(&mut c, &rows_t)?;
                     logits = Some(l.f_index_select(0, &rows_t)?.f_to_kind(Kind::Float)?);
                     cache = Some(c);
-                    len = plen;
                     live = (0..take).map(|_| None).collect();
                 }
                 Some(c) => {
@@ -117,7 +115,6 @@ pub(crate) fn decode_pool<M: DecodeModel>(
                     let grown = model.admit(c, &at_t, &fresh, &rows_t)?;
                     if grown > 0 {
                         // The cache grew columns at the front for a longer prompt.
-                        len += grown;
                         for s in live.iter_mut().flatten() {
                             s.start += grown;
                         }
@@ -128,6 +125,7 @@ pub(crate) fn decode_pool<M: DecodeModel>(
                     }
                 }
             }
+            let len = cache.as_ref().map_or(plen, |c| model.filled(c));
             for (&slot, &(p, s)) in slots_now.iter().zip(&admitted) {
                 let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
                 rng.set_stream((p * n + s) as u64);
@@ -220,6 +218,7 @@ pub(crate) fn decode_pool<M: DecodeModel>(
             continue;
         }
         // 4. Out of columns: move the live windows (which all end at `len`) to the front.
+        let len = model.filled(c);
         if len + 1 > columns {
             let oldest = live.iter().flatten().map(|s| s.start).min().unwrap_or(len);
             let keep = len - oldest;
@@ -227,14 +226,12 @@ pub(crate) fn decode_pool<M: DecodeModel>(
             for s in live.iter_mut().flatten() {
                 s.start -= len - keep;
             }
-            len = keep;
         }
         // 5. One decode step; idle slots feed a masked token.
         let rows = next.len() as i64;
         let tokens = Tensor::f_from_slice(&next)?.f_view([rows, 1])?.f_to_device(device)?;
         let mask = Tensor::f_from_slice(&go)?.f_view([rows, 1])?.f_to_device(device)?;
         logits = Some(model.step(&tokens, &mask, c)?.f_to_kind(Kind::Float)?);
-        len += 1;
     }
     Ok(done)
 }

@@ -104,6 +104,9 @@ impl DecodeModel for Mock {
         cache.len = keep;
         Ok(())
     }
+    fn filled(&self, cache: &MockCache) -> i64 {
+        cache.len
+    }
 }
 
 fn tokenizer() -> Tokenizer {

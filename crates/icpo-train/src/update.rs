@@ -52,7 +52,7 @@ impl Trainer {
     /// The second half of a step (see [`Trainer::rollout`]): π_old and reference log-probs
     /// where needed, the mini-batch updates with micro-batch accumulation over
     /// `batch.trajectories`, and the step's metrics; the step count advances.
-    pub fn update(&mut self, mut batch: StepBatch) -> Result<Metrics> {
+    pub fn update(&mut self, batch: StepBatch) -> Result<Metrics> {
         if batch.step != self.step {
             return Err(TrainError::Aborted(format!(
                 "a batch of step {} given to update at step {}: each rollout goes to update once, in order",
@@ -61,9 +61,9 @@ impl Trainer {
         }
         let cfg = self.cfg.clone();
         let g = cfg.rollout.group_size;
-        let mut m = std::mem::take(&mut batch.metrics);
-        let mut rng = batch.rng.clone();
-        let mut trajs = std::mem::take(&mut batch.trajectories);
+        let mut m = batch.metrics;
+        let mut rng = batch.rng;
+        let mut trajs = batch.trajectories;
         let on_r: Vec<f64> = batch.on_policy.iter().map(|(_, r)| *r).collect();
         let ief_r: Vec<f64> = batch.ief.iter().map(|(_, r)| *r).collect();
         // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
