@@ -18,10 +18,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
-use icpo::policy::{CausalLm, Tokenizer};
-use icpo::rollout::DemoPool;
-use icpo::train::{evaluate, load_problems, EvalConfig, Scorer, TrainConfig, Trainer};
-use icpo::verify::MathReward;
+use icpo::train::{TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(about = "ICPO on maths: the embedded CPU default, or a real run from --config")]
@@ -80,8 +77,9 @@ fn main() -> Result<()> {
     }
 }
 
-/// A run from a config: the policy, data and demo pool it names; periodic evaluation on
-/// `data.eval_paths`; checkpoints and metrics in `trainer.output_dir`.
+/// A run from a config: [`Trainer::from_config`] loads the policy, reference, data, demo pool
+/// and benchmarks it names; `fit` evaluates on `data.eval_paths` every `trainer.eval_every`
+/// steps and writes checkpoints and metrics to `trainer.output_dir` (as `icpo train` does).
 pub fn real_run(
     path: &std::path::Path,
     overrides: &[String],
@@ -93,44 +91,14 @@ pub fn real_run(
         overrides.insert(0, "algorithm.ief=false".into());
     }
     let cfg = TrainConfig::load(Some(path), &overrides)?;
-    cfg.require_paths()?;
-    let opts = cfg.model.load_options()?;
-    let policy = CausalLm::load(&cfg.model.path, opts)?;
-    let reference = if cfg.loss.kl_coef > 0.0 {
-        let p = if cfg.model.reference_path.is_empty() {
-            &cfg.model.path
-        } else {
-            &cfg.model.reference_path
-        };
-        Some(CausalLm::load(p, cfg.model.reference_load_options()?)?)
-    } else {
-        None
-    };
-    let tokenizer = Tokenizer::from_dir(&cfg.model.path)?;
-    let (problems, skipped) = load_problems(&cfg.data.train_path)?;
-    println!("{} training problems ({} skipped without an answer)", problems.len(), skipped);
-    let demos = if cfg.algorithm.ief {
-        Some(DemoPool::from_jsonl(&cfg.data.demo_pool_path)?)
-    } else {
-        None
-    };
-    let evals: Vec<(String, Vec<icpo::train::Problem>)> = cfg
-        .data
-        .eval_paths
-        .iter()
-        .map(|p| Ok((p.clone(), load_problems(p)?.0)))
-        .collect::<Result<_>>()?;
     let total = cfg.trainer.total_steps;
-    let eval_every = cfg.trainer.eval_every;
-    let mut trainer = Trainer::new(
-        cfg.clone(),
-        policy,
-        reference,
-        tokenizer,
-        problems,
-        demos,
-        Scorer::Text(Box::new(MathReward::default())),
-    )?;
+    let mut trainer = Trainer::from_config(cfg)?;
+    println!(
+        "{} training problems ({} skipped without an answer, {} longer than data.max_prompt_tokens)",
+        trainer.num_problems(),
+        trainer.skipped_without_answer,
+        trainer.dropped_overlong
+    );
     if let Some(r) = resume {
         // Only what the user set on the command line may change the run's meaning.
         for change in trainer.resume_with(r, &overrides)? {
@@ -138,37 +106,19 @@ pub fn real_run(
         }
         println!("resumed at step {}", trainer.step());
     }
-    if trainer.dropped_overlong > 0 {
-        println!(
-            "{} problems dropped: prompt longer than data.max_prompt_tokens = {}",
-            trainer.dropped_overlong, cfg.data.max_prompt_tokens
-        );
-    }
-    let eval_tok = Tokenizer::from_dir(&cfg.model.path)?;
     let pb = indicatif::ProgressBar::new(total);
     pb.set_position(trainer.step());
     trainer.fit(|t, m| {
-        pb.inc(1);
+        pb.set_position(t.step());
         pb.set_message(format!(
             "reward {:.3} acc.IEF {:.2} γ {:.2}",
             m["reward/on_policy_mean"],
             m.get("ief/acceptance_rate").copied().unwrap_or(0.0),
             m.get("shaping/gamma").copied().unwrap_or(0.0)
         ));
-        if eval_every > 0 && t.step() % eval_every == 0 {
-            let b = cfg.data.prompt_builder(&eval_tok);
-            for (name, probs) in &evals {
-                let r = evaluate(
-                    t.policy(),
-                    &eval_tok,
-                    &b,
-                    probs,
-                    &MathReward::default(),
-                    eval_tok.eos_token_ids(),
-                    &EvalConfig::default(),
-                )
-                .map_err(|e| icpo::train::TrainError::Aborted(e.to_string()))?;
-                pb.println(format!("step {}: {name}: {:.1}%", t.step(), 100.0 * r.accuracy));
+        for (k, v) in m {
+            if let Some(name) = k.strip_prefix("eval/").and_then(|k| k.strip_suffix("/accuracy")) {
+                pb.println(format!("step {}: {name}: {:.1}%", t.step(), 100.0 * v));
             }
         }
         Ok(())

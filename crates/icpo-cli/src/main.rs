@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use icpo_policy::{CausalLm, DType, DeviceOpt, LoadOptions};
 use tch::{Kind, Tensor};
 
+mod train;
+
 #[derive(Parser)]
 #[command(name = "icpo", version, about = "ICPO / GRPO for language models, on libtorch")]
 struct Cli {
@@ -88,6 +90,9 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+    /// Trains a policy from a TOML config (ICPO, or GRPO with `algorithm.ief = false`):
+    /// checkpoints, metrics.jsonl and periodic evaluation in `trainer.output_dir`.
+    Train(train::TrainArgs),
 }
 
 fn parse_device(s: &str) -> Result<DeviceOpt> {
@@ -264,6 +269,7 @@ fn main() -> Result<()> {
         Command::Verify { input, threads, skip_bad, explain } => {
             verify(input, threads, skip_bad, explain)
         }
+        Command::Train(args) => train::train(args),
         Command::Eval {
             model,
             benchmarks,

@@ -55,8 +55,9 @@ impl Trainer {
     }
 
     /// Runs steps until `trainer.total_steps`, recording each step's metrics (see
-    /// [`Trainer::set_metrics_sink`]), checkpointing every `save_every` steps and at the end,
-    /// and calling `on_step` (progress bars, evaluation) after each step.
+    /// [`Trainer::set_metrics_sink`]), evaluating when a [`crate::PeriodicEval`] is set (its
+    /// accuracies join the step's metrics), checkpointing every `save_every` steps and at the
+    /// end, and calling `on_step` (progress bars, early stopping) after each step.
     ///
     /// Before the first step the output directory is claimed ([`RunDir::claim`]): writable,
     /// locked for the run's lifetime, and, unless [`Trainer::resume`] ran first, holding no
@@ -95,7 +96,11 @@ impl Trainer {
         let result = (|| -> Result<()> {
             let mut jsonl = JsonlSink { path: out.join("metrics.jsonl") };
             while self.step < self.cfg.trainer.total_steps {
-                let m = self.train_step()?;
+                let mut m = self.train_step()?;
+                let total = self.cfg.trainer.total_steps;
+                if let Some(ev) = self.evaluation.as_ref().filter(|e| e.due(self.step, total)) {
+                    m.extend(ev.run(self, Some(&out))?);
+                }
                 match sink.as_mut() {
                     Some(s) => s.record(&m)?,
                     None => jsonl.record(&m)?,

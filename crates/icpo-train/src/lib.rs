@@ -14,6 +14,7 @@ mod batch;
 mod checkpoint;
 mod config;
 mod data;
+mod driver;
 mod error;
 mod eval;
 mod fit;
@@ -32,6 +33,7 @@ pub use config::{
     TrainConfig, TrainerSection,
 };
 pub use data::{load_problems, load_verl_parquet, Cursor, Problem};
+pub use driver::PeriodicEval;
 pub use error::{Result, TrainError};
 pub use eval::{evaluate, protocol_samples, write_responses, EvalConfig, EvalResult, Graded};
 pub use fit::{Control, JsonlSink, MetricsSink};

@@ -35,13 +35,17 @@ fn dir_err(path: &Path, message: String) -> TrainError {
     TrainError::Config { key: format!("trainer.output_dir ({})", path.display()), message }
 }
 
-/// What of a run `dir` holds: `latest`, `metrics.jsonl`, checkpoint directories.
+/// What of a run `dir` holds: `latest`, `metrics.jsonl`, checkpoint directories, `eval/`.
 pub fn run_outputs(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return found };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name == "latest" || name == "metrics.jsonl" || name.starts_with("step_") {
+        if name == "latest"
+            || name == "metrics.jsonl"
+            || name == "eval"
+            || name.starts_with("step_")
+        {
             found.push(name);
         }
     }

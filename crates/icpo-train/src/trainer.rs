@@ -70,6 +70,10 @@ pub struct Trainer {
     pub(crate) advantages: Option<Box<dyn Advantages>>,
     /// Where `fit` sends each step's metrics instead of `metrics.jsonl`.
     pub(crate) sink: Option<Box<dyn crate::fit::MetricsSink>>,
+    /// The evaluation `fit` runs every `trainer.eval_every` steps.
+    pub(crate) evaluation: Option<crate::driver::PeriodicEval>,
+    /// Rows of the training file skipped for want of an answer ([`Trainer::from_config`]).
+    pub skipped_without_answer: usize,
 }
 
 /// A custom advantage estimator (verl's registry of estimators, as a trait): the advantage of
@@ -221,6 +225,8 @@ impl Trainer {
             demos_dropped,
             advantages: None,
             sink: None,
+            evaluation: None,
+            skipped_without_answer: 0,
         })
     }
 
