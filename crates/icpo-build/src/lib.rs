@@ -7,17 +7,54 @@
 //! * embeds an rpath to libtorch's `lib/` folder, so binaries run without `LD_LIBRARY_PATH`;
 //! * links `libtorch_cuda` with `--no-as-needed`. Nothing in tch references a CUDA symbol, so the
 //!   default `--as-needed` drops it, and then `tch::Cuda::is_available()` is false even on a GPU.
+//!
+//! A crate outside this workspace that depends on `icpo` does the same: `icpo-build` as a
+//! build-dependency, `icpo_build::link_libtorch()` in its `build.rs`; libtorch is found from the
+//! `LIBTORCH` (or `LIBTORCH_USE_PYTORCH`) setting torch-sys needs anyway (README: "Using icpo-rs
+//! in your crate").
 
-use std::path::Path;
+use std::path::PathBuf;
 
-/// Emits the link arguments described in the crate docs.
-///
-/// Reads `DEP_TCH_LIBTORCH_LIB`, which torch-sys exports to crates that depend on it directly, so
-/// the calling crate must list `torch-sys` among its dependencies. Does nothing when the variable
-/// is absent (for example with the `doc-only` feature).
+/// libtorch's `lib/` folder, from what torch-sys itself reads, in its order of precedence:
+/// `DEP_TCH_LIBTORCH_LIB` (exported by torch-sys to crates that depend on it directly), the
+/// `torch` package of the active Python when `LIBTORCH_USE_PYTORCH` is set, `$LIBTORCH_LIB/lib`,
+/// `$LIBTORCH/lib`. None when none applies (the `doc-only` feature, or a crate
+/// built without libtorch).
+pub fn libtorch_lib_dir() -> Option<PathBuf> {
+    for var in ["DEP_TCH_LIBTORCH_LIB", "LIBTORCH_LIB", "LIBTORCH", "LIBTORCH_USE_PYTORCH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        return Some(lib.into());
+    }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        // The same interpreter torch-sys asks.
+        let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+            ])
+            .output()
+            .ok()?;
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        return (out.status.success() && !dir.is_empty()).then(|| dir.into());
+    }
+    if let Ok(lib) = std::env::var("LIBTORCH_LIB") {
+        return Some(PathBuf::from(lib).join("lib"));
+    }
+    if let Ok(root) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(root).join("lib"));
+    }
+    None
+}
+
+/// Emits the link arguments described in the crate docs, for libtorch found by
+/// [`libtorch_lib_dir`]: inside this workspace through torch-sys, in another project through
+/// the `LIBTORCH` (or `LIBTORCH_USE_PYTORCH`) setting torch-sys needs anyway. Does nothing when
+/// no libtorch is configured (for example with the `doc-only` feature).
 pub fn link_libtorch() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+    let Some(lib) = libtorch_lib_dir() else {
         return;
     };
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
@@ -25,7 +62,7 @@ pub fn link_libtorch() {
         return;
     }
     // Resolve symlinks so the rpath stays valid however the folder was reached.
-    let lib = Path::new(&lib).canonicalize().unwrap_or_else(|_| Path::new(&lib).to_path_buf());
+    let lib = lib.canonicalize().unwrap_or(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     if target_os == "linux" && lib.join("libtorch_cuda.so").exists() {
         // Appended after rustc's own libraries; push/pop-state keeps the flag local to this lib.
@@ -33,5 +70,28 @@ pub fn link_libtorch() {
         println!("cargo:rustc-link-arg=-L{}", lib.display());
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--pop-state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lib_dir_follows_torch_sys_precedence() {
+        // One test: the environment is process-wide.
+        for v in ["DEP_TCH_LIBTORCH_LIB", "LIBTORCH_LIB", "LIBTORCH", "LIBTORCH_USE_PYTORCH"] {
+            std::env::remove_var(v);
+        }
+        assert_eq!(libtorch_lib_dir(), None);
+        std::env::set_var("LIBTORCH", "/opt/libtorch");
+        assert_eq!(libtorch_lib_dir(), Some(PathBuf::from("/opt/libtorch/lib")));
+        std::env::set_var("LIBTORCH_LIB", "/opt/other");
+        assert_eq!(libtorch_lib_dir(), Some(PathBuf::from("/opt/other/lib")));
+        std::env::set_var("DEP_TCH_LIBTORCH_LIB", "/x/torch/lib");
+        assert_eq!(libtorch_lib_dir(), Some(PathBuf::from("/x/torch/lib")));
+        for v in ["DEP_TCH_LIBTORCH_LIB", "LIBTORCH_LIB", "LIBTORCH"] {
+            std::env::remove_var(v);
+        }
     }
 }
