@@ -9,10 +9,12 @@
 //! random numbers from its own seeded stream, and every token carries two log-probs: under the
 //! sampling distribution and under the unmodified policy (what importance ratios need).
 //! [`PromptBuilder`] makes plain prompts and the in-context prompts of Implicit Expert Forcing
-//! from a [`DemoPool`].
+//! from a [`DemoPool`], laid out by [`FewShot`] (inline or as turns) or a [`PromptFormat`] of
+//! one's own.
 
 mod engine;
 mod error;
+mod few_shot;
 mod pool;
 mod prompts;
 mod sampling;
@@ -22,5 +24,6 @@ pub use engine::{
     Rollout,
 };
 pub use error::{Result, RolloutError};
+pub use few_shot::{DemoLayout, FewShot, PromptFormat, PromptParts};
 pub use prompts::{Demo, DemoPool, PromptBuilder, PromptTemplate, DEFAULT_INSTRUCTION};
 pub use sampling::{sample, sampling_logprobs, Draw, SamplingParams};

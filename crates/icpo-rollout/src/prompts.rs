@@ -2,6 +2,7 @@
 //! Forcing (ICPO.md §1: `k` demonstrations before the problem).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use icpo_policy::{ChatMessage, TemplateArgs, Tokenizer};
 use rand::seq::SliceRandom;
@@ -9,6 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RolloutError};
+use crate::few_shot::{DemoLayout, FewShot, PromptFormat, PromptParts};
 
 /// The spec's instruction appended to every problem.
 pub const DEFAULT_INSTRUCTION: &str =
@@ -129,6 +131,10 @@ pub struct PromptBuilder<'a> {
     pub system: String,
     /// Extra chat-template variables (Qwen3's `enable_thinking = false`, ...); none by default.
     pub template_args: TemplateArgs,
+    /// How demonstrations are laid out (inline, the paper's, by default).
+    pub few_shot: FewShot,
+    /// A format of one's own in place of `few_shot` (None: the built-in).
+    pub format: Option<Arc<dyn PromptFormat>>,
 }
 
 const CUT_MARKER: &str = "\n...\n";
@@ -143,26 +149,63 @@ impl<'a> PromptBuilder<'a> {
             max_prompt_tokens: 4096,
             system: String::new(),
             template_args: TemplateArgs::new(),
+            few_shot: FewShot::default(),
+            format: None,
         }
     }
 
-    fn render(&self, content: &str) -> Result<String> {
+    /// Prompt text of `messages`: the chat template with the generation prompt, or for the raw
+    /// template each user turn as `Question:\n…\n\nAnswer:\n` and each assistant turn
+    /// followed by a blank line (system turns are chat-only).
+    pub fn render_messages(&self, messages: &[ChatMessage]) -> Result<String> {
         match self.template {
             PromptTemplate::Chat => {
-                let mut messages = Vec::with_capacity(2);
-                if !self.system.is_empty() {
-                    messages.push(ChatMessage::new("system", &self.system));
-                }
-                messages.push(ChatMessage::new("user", content));
-                Ok(self.tokenizer.apply_chat_template_with(&messages, true, &self.template_args)?)
+                Ok(self.tokenizer.apply_chat_template_with(messages, true, &self.template_args)?)
             }
-            PromptTemplate::Raw => Ok(format!("Question:\n{content}\n\nAnswer:\n")),
+            PromptTemplate::Raw => {
+                let mut s = String::new();
+                for m in messages {
+                    match m.role.as_str() {
+                        "user" => s.push_str(&format!("Question:\n{}\n\nAnswer:\n", m.content)),
+                        "assistant" => s.push_str(&format!("{}\n\n", m.content)),
+                        _ => {}
+                    }
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// One user message (after the system turn, if any) holding `content`.
+    fn render(&self, content: &str) -> Result<String> {
+        let mut messages = Vec::with_capacity(2);
+        if !self.system.is_empty() {
+            messages.push(ChatMessage::new("system", &self.system));
+        }
+        messages.push(ChatMessage::new("user", content));
+        self.render_messages(&messages)
+    }
+
+    /// The messages of the prompt of `problem` with `demos` (none: the plain prompt), from the
+    /// format in force.
+    pub fn messages(&self, problem: &str, demos: &[&Demo]) -> Vec<ChatMessage> {
+        let query = self.user_message(problem);
+        let parts = PromptParts {
+            system: &self.system,
+            problem,
+            instruction: &self.instruction,
+            query: &query,
+            demos,
+        };
+        match &self.format {
+            Some(f) => f.messages(&parts),
+            None => self.few_shot.messages(&parts),
         }
     }
 
     /// The plain prompt's text: `x(q)`.
     pub fn plain_text(&self, problem: &str) -> Result<String> {
-        self.render(&self.user_message(problem))
+        self.render_messages(&self.messages(problem, &[]))
     }
 
     /// The user message of the plain prompt: the problem, a space and the instruction, as the
@@ -190,27 +233,38 @@ impl<'a> PromptBuilder<'a> {
         Ok(ids)
     }
 
-    /// The demonstrations as text, as they appear in the prompt.
-    pub fn demo_block(demos: &[&Demo]) -> String {
-        let mut s = String::from("Here are examples of problems with worked solutions:\n\n");
-        for d in demos {
-            s.push_str(&format!("Problem:\n{}\n\nSolution:\n{}\n\n", d.problem, d.solution));
-        }
-        s.push_str("Now solve the following problem.\n\n");
-        s
+    /// The demonstrations as text, as they appear in an inline prompt.
+    pub fn demo_block(&self, demos: &[&Demo]) -> String {
+        self.few_shot.block(demos)
     }
 
-    /// The in-context prompt's token ids: `x([D; q])`, demonstrations before the problem in the
-    /// same user message. When longer than `max_prompt_tokens`, tokens are removed from the
-    /// middle of the demonstrations (a `...` line marks the cut), keeping their start and end.
+    /// The in-context prompt's token ids: `x([D; q])`, demonstrations laid out by the format in
+    /// force (by default inline: before the problem in the same user message). When longer
+    /// than `max_prompt_tokens`: inline, tokens are removed from the middle of the
+    /// demonstrations (a `...` line marks the cut), keeping their start and end; in turns or a
+    /// format of one's own, trailing demonstrations are dropped until it fits (an error when
+    /// not even one does).
     pub fn in_context(&self, problem: &str, demos: &[&Demo]) -> Result<Vec<i64>> {
         const SENTINEL: &str = "\u{1}ICPO_DEMOS\u{1}";
-        let query = self.user_message(problem);
-        let full = self.render(&format!("{}{query}", Self::demo_block(demos)))?;
-        let ids = self.tokenizer.encode(&full, false)?;
+        let ids =
+            self.tokenizer.encode(&self.render_messages(&self.messages(problem, demos))?, false)?;
         if ids.len() <= self.max_prompt_tokens {
             return Ok(ids);
         }
+        if self.format.is_some() || self.few_shot.layout != DemoLayout::Inline {
+            for k in (1..demos.len()).rev() {
+                let text = self.render_messages(&self.messages(problem, &demos[..k]))?;
+                let ids = self.tokenizer.encode(&text, false)?;
+                if ids.len() <= self.max_prompt_tokens {
+                    return Ok(ids);
+                }
+            }
+            return Err(RolloutError::Input(format!(
+                "max_prompt_tokens = {} leaves no room for one demonstration in this layout (with one the prompt takes more)",
+                self.max_prompt_tokens
+            )));
+        }
+        let query = self.user_message(problem);
         // Tokenize around the demonstrations and cut inside them.
         let shell = self.render(&format!("{SENTINEL}{query}"))?;
         let (before, after) = shell.split_once(SENTINEL).ok_or_else(|| {
@@ -218,7 +272,7 @@ impl<'a> PromptBuilder<'a> {
         })?;
         let before = self.tokenizer.encode(before, false)?;
         let after = self.tokenizer.encode(after, false)?;
-        let demo = self.tokenizer.encode(&Self::demo_block(demos), false)?;
+        let demo = self.tokenizer.encode(&self.demo_block(demos), false)?;
         let marker = self.tokenizer.encode(CUT_MARKER, false)?;
         let fixed = before.len() + after.len() + marker.len();
         if fixed + 2 > self.max_prompt_tokens {

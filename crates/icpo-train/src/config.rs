@@ -104,6 +104,10 @@ pub struct DataSection {
     /// Extra chat-template variables, e.g. `{ enable_thinking = false }` for Qwen3's
     /// non-thinking mode. Default none.
     pub chat_template_args: icpo_policy::TemplateArgs,
+    /// How IEF demonstrations are laid out (`[data.few_shot]`: `layout = "inline"` (default,
+    /// the paper's) or `"turns"`; inline `header`, `item` with `{problem}` and `{solution}`,
+    /// `footer`).
+    pub few_shot: icpo_rollout::FewShot,
 }
 
 impl DataSection {
@@ -116,6 +120,7 @@ impl DataSection {
         builder.max_prompt_tokens = self.max_prompt_tokens;
         builder.system = self.system_prompt.clone();
         builder.template_args = self.chat_template_args.clone();
+        builder.few_shot = self.few_shot.clone();
         builder
     }
 }
@@ -134,6 +139,7 @@ impl Default for DataSection {
             demo_drop_urls: true,
             system_prompt: String::new(),
             chat_template_args: icpo_policy::TemplateArgs::new(),
+            few_shot: icpo_rollout::FewShot::default(),
         }
     }
 }
@@ -504,6 +510,7 @@ impl TrainConfig {
             }
         }
         self.loss.validate().map_err(|e| cfg_err("loss", e.to_string()))?;
+        self.data.few_shot.validate().map_err(|e| cfg_err("data.few_shot.item", e.to_string()))?;
         Ok(())
     }
 

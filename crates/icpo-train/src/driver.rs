@@ -2,7 +2,9 @@
 //! [`TrainConfig`] names (policy, reference, tokenizer, problems, demo pool, benchmarks), and
 //! [`PeriodicEval`] evaluates inside [`Trainer::fit`] every `trainer.eval_every` steps, its
 //! accuracies recorded with the step's metrics (`eval/<benchmark>/accuracy`). `icpo train` and
-//! the `icpo_math` example are thin wrappers around these.
+//! the `icpo_math` example are thin wrappers around these. The run's prompt builder (the
+//! config's format, or one set with [`Trainer::set_prompt_format`]) lives here too, as both
+//! training and evaluation take their prompts from it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -114,7 +116,7 @@ impl PeriodicEval {
     /// `eval/time_s`; responses written under `out/eval/step_NNNNNN/` when `out` is given.
     pub fn run(&self, trainer: &Trainer, out: Option<&Path>) -> Result<Metrics> {
         let t0 = Instant::now();
-        let builder = trainer.cfg.data.prompt_builder(&trainer.tokenizer);
+        let builder = trainer.prompt_builder();
         let mut metrics = Metrics::new();
         let dir: Option<PathBuf> =
             out.map(|o| o.join("eval").join(format!("step_{:06}", trainer.step())));
@@ -210,6 +212,61 @@ impl Trainer {
     /// The evaluation `fit` runs, if any.
     pub fn evaluation(&self) -> Option<&PeriodicEval> {
         self.evaluation.as_ref()
+    }
+
+    /// The prompt builder of this run: the config's template, instruction, system turn,
+    /// chat-template arguments and few-shot layout, or the format set with
+    /// [`Trainer::set_prompt_format`]. Training and evaluation prompts both come from it.
+    pub fn prompt_builder(&self) -> icpo_rollout::PromptBuilder<'_> {
+        let mut b = self.cfg.data.prompt_builder(&self.tokenizer);
+        b.format = self.prompt_format.clone();
+        b
+    }
+
+    /// Lays prompts out with `format` instead of `data.few_shot` (None: back to it); the
+    /// problems are filtered again for prompts over `data.max_prompt_tokens` in the new format
+    /// (counted in `dropped_overlong`), so a longer format cannot stop a step later. Call it
+    /// before the first step (the data cursor indexes the problems). On error nothing changes.
+    pub fn set_prompt_format(
+        &mut self,
+        format: Option<std::sync::Arc<dyn icpo_rollout::PromptFormat>>,
+    ) -> Result<()> {
+        let old = std::mem::replace(&mut self.prompt_format, format);
+        let kept = {
+            let builder = self.prompt_builder();
+            let max = self.cfg.data.max_prompt_tokens;
+            let mut kept = Vec::with_capacity(self.problems.len());
+            let mut check = || -> Result<()> {
+                for p in &self.problems {
+                    let len = self.tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len();
+                    if len <= max {
+                        kept.push(p.clone());
+                    }
+                }
+                if kept.is_empty() && !self.problems.is_empty() {
+                    return Err(TrainError::Config {
+                        key: "data.max_prompt_tokens".into(),
+                        message: format!(
+                            "in the new prompt format every one of the {} problems is longer than {max} tokens",
+                            self.problems.len()
+                        ),
+                    });
+                }
+                Ok(())
+            };
+            check().map(|()| kept)
+        };
+        match kept {
+            Ok(kept) => {
+                self.dropped_overlong += self.problems.len() - kept.len();
+                self.problems = kept;
+                Ok(())
+            }
+            Err(e) => {
+                self.prompt_format = old;
+                Err(e)
+            }
+        }
     }
 
     /// Training problems held (after the over-long filter).

@@ -70,6 +70,8 @@ pub struct Trainer {
     pub(crate) advantages: Option<Box<dyn Advantages>>,
     /// Where `fit` sends each step's metrics instead of `metrics.jsonl`.
     pub(crate) sink: Option<Box<dyn crate::fit::MetricsSink>>,
+    /// A prompt format in place of `data.few_shot`.
+    pub(crate) prompt_format: Option<std::sync::Arc<dyn icpo_rollout::PromptFormat>>,
     /// The evaluation `fit` runs every `trainer.eval_every` steps.
     pub(crate) evaluation: Option<crate::driver::PeriodicEval>,
     /// Rows of the training file skipped for want of an answer ([`Trainer::from_config`]).
@@ -179,6 +181,7 @@ impl Trainer {
         let total = problems.len();
         let problems = {
             let builder = cfg.data.prompt_builder(&tokenizer);
+            // (A format set later with `set_prompt_format` filters again.)
             let mut kept = Vec::with_capacity(problems.len());
             for p in problems {
                 let len = tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len();
@@ -226,6 +229,7 @@ impl Trainer {
             advantages: None,
             sink: None,
             evaluation: None,
+            prompt_format: None,
             skipped_without_answer: 0,
         })
     }
@@ -290,7 +294,7 @@ impl Trainer {
             cfg.data.shuffle,
         );
         let problems: Vec<Problem> = idx.iter().map(|&i| self.problems[i].clone()).collect();
-        let builder = cfg.data.prompt_builder(&self.tokenizer);
+        let builder = self.prompt_builder();
         let plain: Vec<Vec<i64>> = problems
             .iter()
             .map(|p| builder.plain(&p.problem))
