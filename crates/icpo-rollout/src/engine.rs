@@ -185,12 +185,29 @@ pub fn generate<M: DecodeModel>(
     Ok(generate_with_stats(model, request, tokenizer, config)?.0)
 }
 
+/// Called with each rollout as soon as it ends, from the decoding thread that finished it
+/// (several at once with several decode streams), while the others go on decoding.
+pub type OnFinished<'a> = dyn Fn(&Rollout) + Sync + 'a;
+
 /// [`generate`], with how the decode slots were used.
 pub fn generate_with_stats<M: DecodeModel>(
     model: &M,
     request: &Request<'_>,
     tokenizer: Option<&Tokenizer>,
     config: &EngineConfig,
+) -> Result<(Vec<Rollout>, EngineStats)> {
+    generate_streaming(model, request, tokenizer, config, None)
+}
+
+/// [`generate_with_stats`] that hands each rollout to `on_finished` the moment it ends, so work
+/// on it (scoring) overlaps the decoding of the rest. The returned rollouts are the same, in
+/// the same order.
+pub fn generate_streaming<M: DecodeModel>(
+    model: &M,
+    request: &Request<'_>,
+    tokenizer: Option<&Tokenizer>,
+    config: &EngineConfig,
+    on_finished: Option<&OnFinished<'_>>,
 ) -> Result<(Vec<Rollout>, EngineStats)> {
     let params = request.params;
     params.validate()?;
@@ -214,8 +231,16 @@ pub fn generate_with_stats<M: DecodeModel>(
     let columns = window + window / 2;
     let slots = (config.max_tokens_in_flight / columns.max(1) as usize).max(1);
     let all: Vec<usize> = (0..request.prompts.len()).collect();
-    let (mut out, stats) =
-        generate_streams(model, base.as_ref(), request, &all, slots, columns, tokenizer, config)?;
+    let (mut out, stats) = generate_streams(
+        model,
+        base.as_ref(),
+        request,
+        &all,
+        (slots, columns),
+        tokenizer,
+        config,
+        on_finished,
+    )?;
     out.sort_by_key(|r| (r.prompt_index, r.sample_index));
     Ok((out, stats))
 }
@@ -229,10 +254,10 @@ fn generate_streams<M: DecodeModel>(
     base: Option<&M::Fork>,
     request: &Request<'_>,
     all: &[usize],
-    slots: usize,
-    columns: i64,
+    (slots, columns): (usize, i64),
     tokenizer: Option<&Tokenizer>,
     config: &EngineConfig,
+    on_finished: Option<&OnFinished<'_>>,
 ) -> Result<(Vec<Rollout>, EngineStats)> {
     let threads = tch::get_num_threads().max(1) as usize;
     let wanted = match (config.streams, model.device()) {
@@ -248,7 +273,9 @@ fn generate_streams<M: DecodeModel>(
         Ok((out, stats))
     };
     let Some(base) = base else {
-        return one(&|st| decode_pool(model, request, all, slots, columns, tokenizer, st));
+        return one(&|st| {
+            decode_pool(model, request, all, (slots, columns), tokenizer, on_finished, st)
+        });
     };
     let forks = if streams > 1 {
         (0..streams).map(|_| base.fork()).collect::<Result<Option<Vec<_>>>>()?
@@ -256,7 +283,9 @@ fn generate_streams<M: DecodeModel>(
         None
     };
     let Some(forks) = forks else {
-        return one(&|st| decode_pool(base, request, all, slots, columns, tokenizer, st));
+        return one(&|st| {
+            decode_pool(base, request, all, (slots, columns), tokenizer, on_finished, st)
+        });
     };
     let per_stream = (threads / streams).max(1) as i32;
     let results: Vec<Result<(Vec<Rollout>, EngineStats)>> = std::thread::scope(|scope| {
@@ -271,7 +300,15 @@ fn generate_streams<M: DecodeModel>(
                     tch::set_num_threads(per_stream);
                     let mut stats = EngineStats { batches: 1, ..Default::default() };
                     let out = tch::no_grad(|| {
-                        decode_pool(&fork, request, &shard, share, columns, tokenizer, &mut stats)
+                        decode_pool(
+                            &fork,
+                            request,
+                            &shard,
+                            (share, columns),
+                            tokenizer,
+                            on_finished,
+                            &mut stats,
+                        )
                     })?;
                     Ok((out, stats))
                 })

@@ -20,8 +20,8 @@ mod prompts;
 mod sampling;
 
 pub use engine::{
-    generate, generate_with_stats, DecodeModel, EngineConfig, EngineStats, FinishReason, Request,
-    Rollout,
+    generate, generate_streaming, generate_with_stats, DecodeModel, EngineConfig, EngineStats,
+    FinishReason, OnFinished, Request, Rollout,
 };
 pub use error::{Result, RolloutError};
 pub use few_shot::{DemoLayout, FewShot, PromptFormat, PromptParts};

@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use crate::engine::{DecodeModel, EngineStats, FinishReason, Request, Rollout};
+use crate::engine::{DecodeModel, EngineStats, FinishReason, OnFinished, Request, Rollout};
 use crate::error::Result;
 use crate::sampling::sample;
 use icpo_policy::Tokenizer;
@@ -59,9 +59,9 @@ pub(crate) fn decode_pool<M: DecodeModel>(
     model: &M,
     request: &Request<'_>,
     indices: &[usize],
-    slots: usize,
-    columns: i64,
+    (slots, columns): (usize, i64),
     tokenizer: Option<&Tokenizer>,
+    on_finished: Option<&OnFinished<'_>>,
     stats: &mut EngineStats,
 ) -> Result<Vec<Rollout>> {
     let params = request.params;
@@ -191,6 +191,9 @@ pub(crate) fn decode_pool<M: DecodeModel>(
                 Some(r) => {
                     o.finish_reason = r;
                     if let Some(seq) = live[i].take() {
+                        if let Some(f) = on_finished {
+                            f(&seq.rollout);
+                        }
                         done.push(seq.rollout);
                     }
                 }

@@ -390,3 +390,32 @@ fn engine_stats_count_slot_steps() {
         |v: &[icpo_rollout::Rollout]| v.iter().map(|r| r.tokens.clone()).collect::<Vec<_>>();
     assert_eq!(tokens(&plain), tokens(&out));
 }
+
+#[test]
+fn streaming_hands_over_each_rollout_as_it_ends() {
+    // Prompt 0 runs to the length cap (10 tokens), prompt 1 meets EOS (8) after 3.
+    let prompts = vec![vec![50], vec![5]];
+    let params = SamplingParams::greedy(10);
+    let request =
+        Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[8], seed: 0 };
+    let seen = std::sync::Mutex::new(Vec::new());
+    let record = |r: &icpo_rollout::Rollout| seen.lock().unwrap().push(r.clone());
+    let (out, _) = icpo_rollout::generate_streaming(
+        &Mock::default(),
+        &request,
+        None,
+        &EngineConfig::default(),
+        Some(&record),
+    )
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    // In the order they ended (the short ones first), each once, equal to what is returned.
+    let order: Vec<(usize, usize)> =
+        seen.iter().map(|r| (r.prompt_index, r.sample_index)).collect();
+    assert_eq!(order, [(1, 0), (1, 1), (0, 0), (0, 1)]);
+    assert_eq!(seen[0].tokens, vec![6, 7, 8]);
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|r| (r.prompt_index, r.sample_index));
+    assert_eq!(sorted, out);
+    assert_eq!(out, run(&prompts, 2, &params, &[8], 0, &EngineConfig::default()));
+}

@@ -311,6 +311,12 @@ pub struct TrainerSection {
     /// the problem) or `skip` (leave the rollout out of the learning signal, counted in
     /// `reward/errors`; see [`crate::RewardErrors`]).
     pub reward_errors: crate::RewardErrors,
+    /// Score rollouts on a thread of their own as the engine finishes them, while the rest
+    /// decode (the rewards are the same as scoring afterwards). Default true.
+    pub async_scoring: bool,
+    /// Rollouts per reward call when scoring asynchronously (what `TaskReward::score_batch`
+    /// receives at most). Default 64.
+    pub scoring_batch: usize,
 }
 
 impl Default for TrainerSection {
@@ -325,6 +331,8 @@ impl Default for TrainerSection {
             max_nonfinite_in_a_row: 3,
             overwrite: false,
             reward_errors: crate::RewardErrors::Fail,
+            async_scoring: true,
+            scoring_batch: 64,
         }
     }
 }
@@ -470,6 +478,7 @@ impl TrainConfig {
         positive("optim.micro_batch_size", self.optim.micro_batch_size)?;
         positive("optim.ppo_epochs", self.optim.ppo_epochs)?;
         positive("data.max_prompt_tokens", self.data.max_prompt_tokens)?;
+        positive("trainer.scoring_batch", self.trainer.scoring_batch)?;
         if self.trainer.total_steps == 0 {
             return Err(cfg_err("trainer.total_steps", "must be ≥ 1"));
         }

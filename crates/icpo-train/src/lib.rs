@@ -21,6 +21,7 @@ mod fit;
 mod optim;
 mod resume_check;
 mod rundir;
+mod scoring;
 mod sft;
 mod task_reward;
 mod trainer;

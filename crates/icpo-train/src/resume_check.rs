@@ -10,7 +10,7 @@ use crate::error::{Result, TrainError};
 /// Keys that change how a run executes or what it records, not what it computes (memory
 /// knobs such as the micro-batch size change float summation order only). They may differ on
 /// resume; every difference is still reported.
-pub const OPERATIONAL_KEYS: [&str; 12] = [
+pub const OPERATIONAL_KEYS: [&str; 14] = [
     "trainer.total_steps",
     "trainer.save_every",
     "trainer.eval_every",
@@ -23,6 +23,8 @@ pub const OPERATIONAL_KEYS: [&str; 12] = [
     "rollout.decode_streams",
     "rollout.max_tokens_in_flight",
     "optim.micro_batch_size",
+    "trainer.async_scoring",
+    "trainer.scoring_batch",
 ];
 
 /// A config value that differs between the checkpoint and the resumed run.

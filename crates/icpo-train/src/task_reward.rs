@@ -125,15 +125,6 @@ pub(crate) struct Scored {
 }
 
 impl Scored {
-    /// Every reward present.
-    pub(crate) fn all(rewards: Vec<f64>) -> Self {
-        Scored {
-            rewards: rewards.into_iter().map(Some).collect(),
-            errors: 0,
-            metrics: BTreeMap::new(),
-        }
-    }
-
     /// The rewards of on-policy groups of `g`, a skipped one taking its group's mean (so its
     /// advantage is 0; 0 when the whole group failed).
     pub(crate) fn group_filled(&self, g: usize) -> Vec<f64> {
@@ -149,20 +140,16 @@ impl Scored {
     }
 }
 
-/// Scores `rollouts` with a task reward: `problems[r.prompt_index]` and the text of
-/// `prompts[r.prompt_index]` go with each. An error stops here under [`RewardErrors::Fail`]
-/// (naming the problem), and is left as `None` under [`RewardErrors::Skip`].
-pub(crate) fn score_task(
+/// The task reward's outputs for `rollouts`, in order: `problems[r.prompt_index]` and
+/// `prompt_texts[r.prompt_index]` go with each.
+pub(crate) fn task_outputs(
     reward: &dyn TaskReward,
-    policy: RewardErrors,
     tokenizer: &icpo_policy::Tokenizer,
     problems: &[Problem],
-    prompts: &[Vec<i64>],
+    prompt_texts: &[String],
     rollouts: &[icpo_rollout::Rollout],
     is_ief: bool,
-) -> crate::error::Result<Scored> {
-    let prompt_texts: Vec<String> =
-        prompts.iter().map(|p| tokenizer.decode(p, false)).collect::<Result<_, _>>()?;
+) -> crate::error::Result<Vec<Result<RewardOutput, String>>> {
     let texts: Vec<String> =
         rollouts.iter().map(|r| tokenizer.decode(&r.tokens, true)).collect::<Result<_, _>>()?;
     let inputs: Vec<RewardInput<'_>> = rollouts
@@ -177,9 +164,22 @@ pub(crate) fn score_task(
             is_ief,
         })
         .collect();
+    Ok(reward.score_batch(&inputs))
+}
+
+/// Folds the outputs of `rollouts`' rewards (in their order) into a [`Scored`]: an error
+/// stops here under [`RewardErrors::Fail`] (naming the problem), and is left as `None` under
+/// [`RewardErrors::Skip`].
+pub(crate) fn fold_outputs(
+    outputs: Vec<Result<RewardOutput, String>>,
+    policy: RewardErrors,
+    problems: &[Problem],
+    rollouts: &[icpo_rollout::Rollout],
+    is_ief: bool,
+) -> crate::error::Result<Scored> {
     let mut out =
-        Scored { rewards: Vec::with_capacity(inputs.len()), errors: 0, metrics: BTreeMap::new() };
-    for (input, result) in inputs.iter().zip(reward.score_batch(&inputs)) {
+        Scored { rewards: Vec::with_capacity(outputs.len()), errors: 0, metrics: BTreeMap::new() };
+    for (r, result) in rollouts.iter().zip(outputs) {
         match result {
             Ok(o) => {
                 out.rewards.push(Some(o.score));
@@ -192,7 +192,7 @@ pub(crate) fn score_task(
             Err(message) if policy == RewardErrors::Fail => {
                 return Err(crate::error::TrainError::Aborted(format!(
                     "the reward failed on problem `{}` ({} rollout): {message} (trainer.reward_errors = \"skip\" leaves such rollouts out instead)",
-                    input.problem.id,
+                    problems[r.prompt_index].id,
                     if is_ief { "an IEF" } else { "an on-policy" }
                 )));
             }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
 use icpo_loss::LossAggMode;
 use icpo_policy::{reset_peak_memory, CausalLm, Tokenizer};
-use icpo_rollout::{generate, DemoPool, EngineConfig, Request, Rollout, SamplingParams};
+use icpo_rollout::{DemoPool, EngineConfig, SamplingParams};
 use icpo_verify::Reward;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -18,7 +18,8 @@ use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::rundir::RunDir;
-use crate::task_reward::{score_task, Scored, TaskReward};
+use crate::scoring::{Generated, Pass};
+use crate::task_reward::TaskReward;
 use crate::update::StepBatch;
 
 /// Metrics of one step, namespaced (`actor/pg_loss`, `ief/acceptance_rate`, ...).
@@ -254,7 +255,7 @@ impl Trainer {
         self.step
     }
 
-    fn sampling(&self) -> SamplingParams {
+    pub(crate) fn sampling(&self) -> SamplingParams {
         let r = &self.cfg.rollout;
         SamplingParams {
             temperature: r.temperature,
@@ -350,70 +351,28 @@ impl Trainer {
         }
         let mut m = Metrics::new();
 
-        // Phase 2: on-policy and IEF rollouts; the steered prompts really reach the sampler.
-        let t_gen = Instant::now();
-        let params = self.sampling();
-        let eos = self.eos_token_ids.clone();
+        // Phases 2 and 3: on-policy and IEF rollouts (the steered prompts really reach the
+        // sampler), scored as they finish.
         let engine = EngineConfig {
             max_tokens_in_flight: cfg.rollout.max_tokens_in_flight,
             streams: cfg.rollout.decode_streams,
         };
-        let seed_on = seed_for(cfg.trainer.seed, self.step, 1);
-        let on = generate(
-            &self.policy,
-            &Request { prompts: plain, n: g, params: &params, eos_token_ids: &eos, seed: seed_on },
-            Some(&self.tokenizer),
-            &engine,
-        )?;
-        let ief = if n_off > 0 {
-            let seed_ief = seed_for(cfg.trainer.seed, self.step, 2);
-            generate(
-                &self.policy,
-                &Request {
-                    prompts: ief_prompts,
-                    n: n_off,
-                    params: &params,
-                    eos_token_ids: &eos,
-                    seed: seed_ief,
-                },
-                Some(&self.tokenizer),
-                &engine,
-            )?
-        } else {
-            Vec::new()
+        let on_pass = Pass { prompts: plain, n: g, seed: seed_for(cfg.trainer.seed, self.step, 1) };
+        let ief_pass = Pass {
+            prompts: if n_off > 0 { ief_prompts } else { &[] },
+            n: n_off,
+            seed: seed_for(cfg.trainer.seed, self.step, 2),
         };
+        let Generated {
+            on,
+            ief,
+            on_scored: on_s,
+            ief_scored: ief_s,
+            gen_s,
+            score_wait_s,
+            score_busy_s,
+        } = self.generate_and_score(problems, on_pass, ief_pass, &engine)?;
         self.last_ief_prompts = ief_prompts.to_vec();
-        let gen_s = t_gen.elapsed().as_secs_f64();
-
-        // Phase 3: scoring.
-        let t_score = Instant::now();
-        let score = |rs: &[Rollout], prompts: &[Vec<i64>], is_ief: bool| -> Result<Scored> {
-            let answer = |r: &Rollout| problems[r.prompt_index].answer.as_str();
-            match &self.scorer {
-                Scorer::Text(reward) => {
-                    let texts: Vec<String> = rs
-                        .iter()
-                        .map(|r| self.tokenizer.decode(&r.tokens, true))
-                        .collect::<std::result::Result<_, _>>()?;
-                    let pairs: Vec<(&str, &str)> =
-                        rs.iter().zip(&texts).map(|(r, t)| (answer(r), t.as_str())).collect();
-                    Ok(Scored::all(reward.score_batch(&pairs)))
-                }
-                Scorer::Tokens(f) => {
-                    Ok(Scored::all(rs.iter().map(|r| f(answer(r), &r.tokens)).collect()))
-                }
-                Scorer::Task(reward) => score_task(
-                    reward.as_ref(),
-                    cfg.trainer.reward_errors,
-                    &self.tokenizer,
-                    problems,
-                    prompts,
-                    rs,
-                    is_ief,
-                ),
-            }
-        };
-        let (on_s, ief_s) = (score(&on, plain, false)?, score(&ief, ief_prompts, true)?);
         // A skipped on-policy rollout takes its group's mean (advantage 0); a skipped IEF one
         // is worth 0, so ERRS does not accept it.
         let on_r = on_s.group_filled(g);
@@ -428,7 +387,7 @@ impl Trainer {
         for (k, (sum, n)) in task_metrics {
             m.insert(format!("reward/{k}"), sum / n.max(1) as f64);
         }
-        let score_s = t_score.elapsed().as_secs_f64();
+        m.insert("timing/scoring_busy_s".into(), score_busy_s);
 
         // Phase 4: ERRS, shaping with this step's γ(t), group advantages.
         let gamma = cfg.algorithm.shaping_schedule.gamma_with(
@@ -505,7 +464,7 @@ impl Trainer {
             metrics: m,
             rng,
             generation_s: gen_s,
-            scoring_s: score_s,
+            scoring_s: score_wait_s,
             started: t_start,
         })
     }

@@ -228,3 +228,51 @@ fn system_turn_and_template_args_reach_the_prompts() {
         "{text:?}"
     );
 }
+
+/// Records the size of every batch it is asked to score.
+struct Recording(&'static Mutex<Vec<usize>>);
+
+impl icpo_train::TaskReward for Recording {
+    fn score(&self, input: &RewardInput<'_>) -> Result<icpo_train::RewardOutput, String> {
+        target_reward(input).map(Into::into)
+    }
+    fn score_batch(
+        &self,
+        inputs: &[RewardInput<'_>],
+    ) -> Vec<Result<icpo_train::RewardOutput, String>> {
+        self.0.lock().unwrap().push(inputs.len());
+        inputs.iter().map(|i| self.score(i)).collect()
+    }
+}
+
+#[test]
+fn async_scoring_streams_batches_and_changes_nothing() {
+    let sizes: &'static Mutex<Vec<usize>> = Box::leak(Box::default());
+    let run = |name: &str, extra: &[&str]| {
+        let cfg = config(name, extra);
+        let mut t = trainer_with(cfg, "e", Scorer::Task(Box::new(Recording(sizes))));
+        let b = t.rollout().unwrap();
+        let rewards: Vec<f64> = b.trajectories.iter().map(|t| t.reward).collect();
+        let adv: Vec<f64> = b.trajectories.iter().map(|t| t.advantage).collect();
+        let n = b.on_policy.len() + b.ief.len();
+        let m = t.update(b).unwrap();
+        (rewards, adv, n, m)
+    };
+    let (r_sync, a_sync, n, m_sync) = run("icpo-task-sync", &["trainer.async_scoring=false"]);
+    let sync_calls = std::mem::take(&mut *sizes.lock().unwrap());
+    assert_eq!(sync_calls.iter().sum::<usize>(), n);
+    let (r_async, a_async, _, m_async) =
+        run("icpo-task-async", &["trainer.async_scoring=true", "trainer.scoring_batch=3"]);
+    let async_calls = std::mem::take(&mut *sizes.lock().unwrap());
+    assert_eq!(async_calls.iter().sum::<usize>(), n, "every rollout scored once");
+    assert!(async_calls.iter().all(|&s| (1..=3).contains(&s)), "{async_calls:?}");
+    assert!(async_calls.len() >= n.div_ceil(3), "{async_calls:?}");
+    assert_eq!(r_sync, r_async);
+    assert_eq!(a_sync, a_async);
+    for key in ["actor/pg_loss", "actor/grad_norm", "reward/mean", "reward/on_policy_mean"] {
+        assert_eq!(m_sync[key], m_async[key], "{key}");
+    }
+    assert!(m_async["timing/scoring_busy_s"] >= 0.0);
+    let e = icpo_train::TrainConfig::load(None, &["trainer.scoring_batch=0".into()]).unwrap_err();
+    assert!(e.to_string().contains("trainer.scoring_batch"), "{e}");
+}
