@@ -58,6 +58,14 @@ pub trait TaskReward: Send + Sync {
     }
 }
 
+/// The math verifier as a task reward: the response against the problem's `answer` (1 or 0),
+/// so it mixes with rewards of one's own in [`WeightedRewards`].
+impl TaskReward for icpo_verify::MathReward {
+    fn score(&self, input: &RewardInput<'_>) -> Result<RewardOutput, String> {
+        Ok(icpo_verify::Reward::score(self, &input.problem.answer, input.response).into())
+    }
+}
+
 impl<F> TaskReward for F
 where
     F: Fn(&RewardInput<'_>) -> Result<f64, String> + Send + Sync,

@@ -276,3 +276,32 @@ fn async_scoring_streams_batches_and_changes_nothing() {
     let e = icpo_train::TrainConfig::load(None, &["trainer.scoring_batch=0".into()]).unwrap_err();
     assert!(e.to_string().contains("trainer.scoring_batch"), "{e}");
 }
+
+#[test]
+fn the_math_verifier_is_a_task_reward_and_mixes_with_others() {
+    use icpo_train::TaskReward;
+    let problem = icpo_train::Problem {
+        id: "p".into(),
+        problem: "Half of one?".into(),
+        answer: "\\frac{1}{2}".into(),
+        fields: serde_json::json!({}),
+    };
+    let input = |response: &'static str| RewardInput {
+        problem: Box::leak(Box::new(problem.clone())),
+        prompt: "",
+        response,
+        tokens: &[],
+        finish_reason: &icpo_rollout::FinishReason::Eos,
+        is_ief: false,
+    };
+    let math = icpo_verify::MathReward::default();
+    // Math-Verify's verdicts: 0.5 is 1/2, 2 is not.
+    assert_eq!(math.score(&input("so $\\boxed{0.5}$")).unwrap().score, 1.0);
+    assert_eq!(math.score(&input("so $\\boxed{2}$")).unwrap().score, 0.0);
+    let short = |i: &RewardInput<'_>| -> Result<f64, String> {
+        Ok(f64::from(u8::from(i.response.len() < 10)))
+    };
+    let mix = WeightedRewards::new().with("math", 1.0, math).with("short", 0.5, short);
+    let out = mix.score(&input("\\boxed{1/2}")).unwrap();
+    assert_eq!((out.score, out.metrics["math"], out.metrics["short"]), (1.0, 1.0, 0.0));
+}
