@@ -52,6 +52,7 @@ fn every_crate_packages_for_crates_io_in_order() {
         .output()
         .unwrap();
     let files = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
     assert!(files.contains("csrc/fused.cpp") && files.contains("build.rs"), "{files}");
     assert!(!files.contains("testdata") && !files.contains("tests/"), "{files}");
 }

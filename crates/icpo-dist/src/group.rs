@@ -1,0 +1,211 @@
+//! Process groups: the collectives data-parallel training needs, behind one trait, with
+//! [`Single`] for world size 1 (no launcher) and [`StoreGroup`], the development backend for
+//! CPUs, whose collectives go through c10d's TCPStore.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tch::{Kind, Tensor};
+
+use crate::env::DistEnv;
+use crate::error::{DistError, Result};
+use crate::store::{Got, TcpStore};
+
+/// The collectives of a job's processes. Every rank calls the same collectives in the same
+/// order; `what` names each one in errors (a rank that never arrives is named with it).
+pub trait ProcessGroup: Send + Sync {
+    /// This process's rank.
+    fn rank(&self) -> usize;
+    /// Processes in the job.
+    fn world_size(&self) -> usize;
+    /// Every rank's `data`, in rank order.
+    fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>>;
+
+    /// Sums `values` over the ranks, in place, adding in rank order (the same result on every
+    /// rank).
+    fn all_reduce_f64(&self, what: &str, values: &mut [f64]) -> Result<()> {
+        if self.world_size() == 1 {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let all = self.all_gather_bytes(what, &bytes)?;
+        for (r, b) in all.iter().enumerate() {
+            if b.len() != bytes.len() {
+                return Err(mismatch(r, self.rank(), what, b.len() / 8, values.len()));
+            }
+        }
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = all
+                .iter()
+                .map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&b[8 * i..8 * i + 8]);
+                    f64::from_le_bytes(a)
+                })
+                .sum();
+        }
+        Ok(())
+    }
+
+    /// Sums `tensors` over the ranks, in place (any device and float kind; summed in f64 in
+    /// rank order, so every rank holds the same values).
+    fn all_reduce_sum(&self, what: &str, tensors: &mut [Tensor]) -> Result<()> {
+        if self.world_size() == 1 || tensors.is_empty() {
+            return Ok(());
+        }
+        let flat: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_reshape([-1]))
+            .collect::<std::result::Result<_, _>>()?;
+        let joined = Tensor::f_cat(&flat, 0)?;
+        let mut values = Vec::<f64>::try_from(&joined)?;
+        self.all_reduce_f64(what, &mut values)?;
+        let mut at = 0i64;
+        for t in tensors.iter_mut() {
+            let n = t.numel() as i64;
+            let part = Tensor::f_from_slice(&values[at as usize..(at + n) as usize])?
+                .f_view(t.size().as_slice())?
+                .f_to_kind(t.kind())?
+                .f_to_device(t.device())?;
+            t.f_copy_(&part)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// `data` of rank `root`, on every rank.
+    fn broadcast_bytes(&self, what: &str, data: &[u8], root: usize) -> Result<Vec<u8>> {
+        let mine = if self.rank() == root { data } else { &[] };
+        let mut all = self.all_gather_bytes(what, mine)?;
+        Ok(std::mem::take(&mut all[root]))
+    }
+
+    /// Returns once every rank has called it.
+    fn barrier(&self, what: &str) -> Result<()> {
+        self.all_gather_bytes(what, &[]).map(|_| ())
+    }
+
+    /// Checks that every rank passes the same `value` for `what` (config, code version):
+    /// the error names the first rank that differs.
+    fn check_same(&self, what: &str, value: &str) -> Result<()> {
+        for (r, v) in self.all_gather_bytes(what, value.as_bytes())?.iter().enumerate() {
+            if v.as_slice() != value.as_bytes() {
+                return Err(DistError::Mismatch {
+                    rank: r,
+                    me: self.rank(),
+                    what: what.into(),
+                    theirs: String::from_utf8_lossy(v).into(),
+                    ours: value.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mismatch(rank: usize, me: usize, what: &str, theirs: usize, ours: usize) -> DistError {
+    DistError::Mismatch {
+        rank,
+        me,
+        what: format!("the length of `{what}`"),
+        theirs: theirs.to_string(),
+        ours: ours.to_string(),
+    }
+}
+
+/// World size 1: every collective is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Single;
+
+impl ProcessGroup for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_gather_bytes(&self, _what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![data.to_vec()])
+    }
+}
+
+/// The development backend: collectives through c10d's TCPStore (each rank sets its part
+/// under a key, reads everyone's, and deletes its key of two collectives back, which every
+/// rank has read by then). For development and tests on one machine: every byte crosses
+/// rank 0's store, so it is far slower than NCCL on GPUs, which is the production path.
+#[derive(Debug)]
+pub struct StoreGroup {
+    store: TcpStore,
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+    seq: AtomicU64,
+}
+
+impl StoreGroup {
+    /// Joins the job `env` describes (rank 0 serves the store), waiting up to `timeout` for the
+    /// others at start-up and in every collective.
+    pub fn connect(env: &DistEnv, timeout: Duration) -> Result<Self> {
+        let host = if env.master_addr.is_empty() { "127.0.0.1" } else { env.master_addr.as_str() };
+        let store = TcpStore::open(host, env.master_port, env.rank == 0, env.world_size, timeout)?;
+        let group = StoreGroup {
+            store,
+            rank: env.rank,
+            world: env.world_size,
+            timeout,
+            seq: AtomicU64::new(0),
+        };
+        group.barrier("start-up")?;
+        Ok(group)
+    }
+
+    fn key(seq: u64, rank: usize) -> String {
+        format!("icpo/c{seq}/r{rank}")
+    }
+}
+
+impl Drop for StoreGroup {
+    /// Rank 0 serves the store: it waits (up to the timeout) for every other rank to say it is
+    /// leaving before the server goes away under them.
+    fn drop(&mut self) {
+        if self.rank != 0 {
+            let _ = self.store.set(&format!("icpo/left/r{}", self.rank), &[]);
+            return;
+        }
+        for r in 1..self.world {
+            let _ = self.store.get(&format!("icpo/left/r{r}"), self.timeout);
+        }
+    }
+}
+
+impl ProcessGroup for StoreGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        self.store.set(&Self::key(seq, self.rank), data)?;
+        let mut out = Vec::with_capacity(self.world);
+        for r in 0..self.world {
+            match self.store.get(&Self::key(seq, r), self.timeout)? {
+                Got::Value(v) => out.push(v),
+                Got::TimedOut => {
+                    return Err(DistError::Timeout {
+                        rank: r,
+                        me: self.rank,
+                        what: format!("{what} (collective #{seq})"),
+                        seconds: self.timeout.as_secs_f64(),
+                    })
+                }
+            }
+        }
+        // Every rank that set collective `seq - 1` had read all of `seq - 2`.
+        if seq >= 2 {
+            self.store.delete(&Self::key(seq - 2, self.rank))?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,19 @@
+//! Process groups for icpo-rs on PyTorch's distributed runtime, c10d.
+//!
+//! A job is launched by `torchrun` (`torchrun --no-python --nproc-per-node N binary ...`), which
+//! sets `RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `MASTER_ADDR` and `MASTER_PORT` ([`DistEnv`]).
+//! Rank 0 serves c10d's `TCPStore` (the store torch.distributed itself rendezvouses through,
+//! reached through `csrc/store.cpp`), the others join it. [`ProcessGroup`] is the one trait the
+//! trainer uses: [`Single`] for world size 1 (no launcher needed) and [`StoreGroup`], the CPU
+//! development backend whose collectives go through the store. Every collective waits at most
+//! a timeout, and a rank that does not arrive (dead, hung, diverged) is named in the error.
+
+mod env;
+mod error;
+mod group;
+mod store;
+
+pub use env::DistEnv;
+pub use error::{DistError, Result};
+pub use group::{ProcessGroup, Single, StoreGroup};
+pub use store::TcpStore;
