@@ -7,6 +7,10 @@
 //! cargo run --release --example grpo_step_bench -- --model target/bench-qwen3 --prompts 8 --samples 8 \
 //!     --prompt-len 24 --new-tokens 64 --steps 3 --threads 2 --seed 0
 //! ```
+//! Under torchrun it trains data-parallel (`torchrun --no-python --nproc-per-node 2
+//! target/release/examples/grpo_step_bench ...`; the CPU development backend where there is no
+//! GPU) and rank 0 prints the JSON, with `world_size` and `weights_sq_norm` (the sum of squares
+//! of every policy weight after the last step, in f64: the same at any world size).
 //! One untimed warm-up step comes first. The last line printed is JSON with `step_seconds`
 //! (one entry a timed step). `--compute-dtype bfloat16` runs the products in bf16 (f32 weights),
 //! the faster setting on CPUs with AMX. docs/benchmarks.md has the side-by-side measurement
@@ -14,7 +18,7 @@
 
 #![allow(missing_docs)] // an example, not an API
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use icpo::policy::Tokenizer;
 use icpo::train::{Scorer, TrainConfig, Trainer};
@@ -45,10 +49,18 @@ fn main() -> Result<()> {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(serde_json::Value::Null);
-    let eos = gen["eos_token_id"]
-        .as_i64()
-        .or(config["eos_token_id"].as_i64())
-        .context("the checkpoint names no EOS id")?;
+    // EOS: one id or a list (generation_config.json first, then config.json).
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().filter_map(serde_json::Value::as_i64).collect(),
+            other => other.as_i64().into_iter().collect(),
+        }
+    };
+    let mut eos = ids(&gen["eos_token_id"]);
+    if eos.is_empty() {
+        eos = ids(&config["eos_token_id"]);
+    }
+    anyhow::ensure!(!eos.is_empty(), "the checkpoint names no EOS id");
     let cfg = TrainConfig::load(
         None,
         &[
@@ -73,7 +85,12 @@ fn main() -> Result<()> {
         Tokenizer::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny-qwen3"))?;
     let parity = Scorer::Tokens(Box::new(|_: &str, tokens: &[i64]| (tokens.len() % 2) as f64));
     let mut trainer = Trainer::new(cfg, policy, None, tokenizer, Vec::new(), None, parity)?;
-    trainer.eos_token_ids = vec![eos];
+    trainer.eos_token_ids = eos;
+    let group = icpo::dist::init_from_env(std::time::Duration::from_secs(600))?;
+    let world_size = group.world_size();
+    if world_size > 1 {
+        trainer.set_process_group(group)?;
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w.seed);
     let mut seconds = Vec::new();
     // One untimed warm-up step first, as scripts/bench_trl_grpo.py does for TRL.
@@ -81,6 +98,9 @@ fn main() -> Result<()> {
         let prompts = w.random_prompts(vocab, &mut rng);
         let answers = vec![String::new(); w.prompts];
         let m = trainer.train_step_on(&answers, &prompts, &[])?;
+        if !trainer.is_main() {
+            continue;
+        }
         eprintln!(
             "step {step}: {:.3} s (generation {:.3}, scoring {:.3}, training {:.3}); mean length {:.1}",
             m["timing/step_s"], m["timing/generation_s"], m["timing/scoring_s"], m["timing/training_s"], m["response_length/mean"]
@@ -89,9 +109,18 @@ fn main() -> Result<()> {
             seconds.push(m["timing/step_s"]);
         }
     }
+    if !trainer.is_main() {
+        return Ok(());
+    }
+    let weights_sq_norm: f64 = trainer
+        .policy()
+        .named_weights()
+        .values()
+        .map(|t| t.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double).double_value(&[]))
+        .sum();
     println!(
         "{}",
-        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds})
+        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds, "world_size": world_size, "weights_sq_norm": weights_sq_norm})
     );
     Ok(())
 }

@@ -91,6 +91,7 @@ fn main() -> Result<()> {
         params: &params,
         eos_token_ids: &eos,
         seed: w.seed,
+        first_prompt: 0,
     };
     let window = w.prompt_len + args.new_tokens;
     let max_tokens_in_flight = match args.slots {

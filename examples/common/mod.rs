@@ -134,7 +134,14 @@ fn ief_vs_plain(
     let rate = |prompts: &[Vec<i64>]| -> Result<f64> {
         let out = generate(
             policy,
-            &Request { prompts, n: 4, params: &params, eos_token_ids: tok.eos_token_ids(), seed },
+            &Request {
+                prompts,
+                n: 4,
+                params: &params,
+                eos_token_ids: tok.eos_token_ids(),
+                seed,
+                first_prompt: 0,
+            },
             None,
             &EngineConfig::default(),
         )?;

@@ -16,6 +16,11 @@ pub struct DistEnv {
     pub master_addr: String,
     /// Its port.
     pub master_port: u16,
+    /// Whether the launcher's agent serves the store already (torchrun's
+    /// `TORCHELASTIC_USE_AGENT_STORE`): then every rank joins it as a client.
+    pub agent_store: bool,
+    /// torchrun's restart count (`TORCHELASTIC_RESTART_COUNT`), keeping each attempt's keys apart.
+    pub restart: u64,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -68,7 +73,21 @@ impl DistEnv {
         } else {
             parse("MASTER_PORT", &need("MASTER_PORT")?)?
         };
-        Ok(Some(DistEnv { rank, local_rank, world_size, master_addr, master_port }))
+        let agent_store =
+            var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let restart = match var("TORCHELASTIC_RESTART_COUNT") {
+            Some(v) => parse("TORCHELASTIC_RESTART_COUNT", &v)?,
+            None => 0,
+        };
+        Ok(Some(DistEnv {
+            rank,
+            local_rank,
+            world_size,
+            master_addr,
+            master_port,
+            agent_store,
+            restart,
+        }))
     }
 }
 
@@ -80,7 +99,15 @@ mod tests {
     fn launcher_variables_are_read_and_checked_by_name() {
         // One test: the environment is process-wide.
         let set = |vars: &[(&str, &str)]| {
-            for k in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"] {
+            for k in [
+                "RANK",
+                "LOCAL_RANK",
+                "WORLD_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+                "TORCHELASTIC_USE_AGENT_STORE",
+                "TORCHELASTIC_RESTART_COUNT",
+            ] {
                 std::env::remove_var(k);
             }
             for (k, v) in vars {

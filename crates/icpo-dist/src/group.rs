@@ -140,40 +140,51 @@ pub struct StoreGroup {
     world: usize,
     timeout: Duration,
     seq: AtomicU64,
+    /// Keys of this run (an agent's store outlives restarts).
+    prefix: String,
+    /// Whether this process serves the store (and must outlive the others' use of it).
+    serving: bool,
 }
 
 impl StoreGroup {
-    /// Joins the job `env` describes (rank 0 serves the store), waiting up to `timeout` for the
+    /// Joins the job `env` describes (rank 0 serves the store unless torchrun's agent does),
+    /// waiting up to `timeout` for the
     /// others at start-up and in every collective.
     pub fn connect(env: &DistEnv, timeout: Duration) -> Result<Self> {
         let host = if env.master_addr.is_empty() { "127.0.0.1" } else { env.master_addr.as_str() };
-        let store = TcpStore::open(host, env.master_port, env.rank == 0, env.world_size, timeout)?;
+        // Under torchrun the agent already serves the store at MASTER_ADDR:MASTER_PORT (and
+        // says so): every rank joins it as a client, as torch.distributed's workers do.
+        let serve = env.rank == 0 && !env.agent_store;
+        let store = TcpStore::open(host, env.master_port, serve, env.world_size, timeout)?;
         let group = StoreGroup {
             store,
             rank: env.rank,
             world: env.world_size,
             timeout,
             seq: AtomicU64::new(0),
+            prefix: format!("icpo/{}", env.restart),
+            serving: serve,
         };
         group.barrier("start-up")?;
         Ok(group)
     }
 
-    fn key(seq: u64, rank: usize) -> String {
-        format!("icpo/c{seq}/r{rank}")
+    fn key(&self, seq: u64, rank: usize) -> String {
+        format!("{}/c{seq}/r{rank}", self.prefix)
     }
 }
 
 impl Drop for StoreGroup {
-    /// Rank 0 serves the store: it waits (up to the timeout) for every other rank to say it is
+    /// The rank serving the store waits (up to the timeout) for every other rank to say it is
     /// leaving before the server goes away under them.
     fn drop(&mut self) {
-        if self.rank != 0 {
-            let _ = self.store.set(&format!("icpo/left/r{}", self.rank), &[]);
+        let left = |r: usize| format!("{}/left/r{r}", self.prefix);
+        if !self.serving {
+            let _ = self.store.set(&left(self.rank), &[]);
             return;
         }
-        for r in 1..self.world {
-            let _ = self.store.get(&format!("icpo/left/r{r}"), self.timeout);
+        for r in (0..self.world).filter(|&r| r != self.rank) {
+            let _ = self.store.get(&left(r), self.timeout);
         }
     }
 }
@@ -187,10 +198,10 @@ impl ProcessGroup for StoreGroup {
     }
     fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        self.store.set(&Self::key(seq, self.rank), data)?;
+        self.store.set(&self.key(seq, self.rank), data)?;
         let mut out = Vec::with_capacity(self.world);
         for r in 0..self.world {
-            match self.store.get(&Self::key(seq, r), self.timeout)? {
+            match self.store.get(&self.key(seq, r), self.timeout)? {
                 Got::Value(v) => out.push(v),
                 Got::TimedOut => {
                     return Err(DistError::Timeout {
@@ -204,7 +215,7 @@ impl ProcessGroup for StoreGroup {
         }
         // Every rank that set collective `seq - 1` had read all of `seq - 2`.
         if seq >= 2 {
-            self.store.delete(&Self::key(seq - 2, self.rank))?;
+            self.store.delete(&self.key(seq - 2, self.rank))?;
         }
         Ok(out)
     }

@@ -17,3 +17,15 @@ pub use env::DistEnv;
 pub use error::{DistError, Result};
 pub use group::{ProcessGroup, Single, StoreGroup};
 pub use store::TcpStore;
+
+/// The process group of this process as its launcher set it up: [`Single`] without one (or
+/// with `WORLD_SIZE=1`), else a [`StoreGroup`] joined with `timeout` (the CPU development
+/// backend; NCCL on GPUs is to come).
+pub fn init_from_env(timeout: std::time::Duration) -> Result<std::sync::Arc<dyn ProcessGroup>> {
+    match DistEnv::from_env()? {
+        Some(env) if env.world_size > 1 => {
+            Ok(std::sync::Arc::new(StoreGroup::connect(&env, timeout)?))
+        }
+        _ => Ok(std::sync::Arc::new(Single)),
+    }
+}

@@ -128,7 +128,7 @@ pub(crate) fn decode_pool<M: DecodeModel>(
             let len = cache.as_ref().map_or(plen, |c| model.filled(c));
             for (&slot, &(p, s)) in slots_now.iter().zip(&admitted) {
                 let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
-                rng.set_stream((p * n + s) as u64);
+                rng.set_stream(((request.first_prompt + p) * n + s) as u64);
                 live[slot] = Some(Seq {
                     rollout: Rollout {
                         prompt_index: p,

@@ -39,8 +39,14 @@ fn run(model: &CausalLm, slots: usize) -> (Vec<Rollout>, EngineStats) {
     let window = longest + MAX_NEW;
     let columns = window + window / 2;
     let params = params();
-    let request =
-        Request { prompts: &prompts, n: 3, params: &params, eos_token_ids: &[], seed: 21 };
+    let request = Request {
+        prompts: &prompts,
+        n: 3,
+        params: &params,
+        eos_token_ids: &[],
+        seed: 21,
+        first_prompt: 0,
+    };
     let config = EngineConfig { max_tokens_in_flight: slots * columns, streams: 1 };
     generate_with_stats(model, &request, None, &config).unwrap()
 }

@@ -122,8 +122,13 @@ fn run(
     seed: u64,
     cfg: &EngineConfig,
 ) -> Vec<icpo_rollout::Rollout> {
-    generate(&Mock::default(), &Request { prompts, n, params, eos_token_ids: eos, seed }, None, cfg)
-        .unwrap()
+    generate(
+        &Mock::default(),
+        &Request { prompts, n, params, eos_token_ids: eos, seed, first_prompt: 0 },
+        None,
+        cfg,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -160,8 +165,14 @@ fn parallel_streams_change_nothing() {
     let prompts: Vec<Vec<i64>> = (0..7).map(|i| vec![10 * i + 1, 10 * i + 2]).collect();
     let params = SamplingParams { temperature: 1.0, max_new_tokens: 6, ..Default::default() };
     let run = |mock: Mock, streams: usize| {
-        let request =
-            Request { prompts: &prompts, n: 3, params: &params, eos_token_ids: &[9], seed: 4 };
+        let request = Request {
+            prompts: &prompts,
+            n: 3,
+            params: &params,
+            eos_token_ids: &[9],
+            seed: 4,
+            first_prompt: 0,
+        };
         let cfg = EngineConfig { streams, ..Default::default() };
         let out = generate(&mock, &request, None, &cfg).unwrap();
         (out, mock.prefills.into_inner().len())
@@ -182,7 +193,14 @@ fn finished_rows_stop_costing_steps() {
     let params = SamplingParams::greedy(10);
     generate(
         &mock,
-        &Request { prompts: &prompts, n: 1, params: &params, eos_token_ids: &[7], seed: 0 },
+        &Request {
+            prompts: &prompts,
+            n: 1,
+            params: &params,
+            eos_token_ids: &[7],
+            seed: 0,
+            first_prompt: 0,
+        },
         None,
         &EngineConfig::default(),
     )
@@ -202,7 +220,14 @@ fn stop_strings_use_the_decoded_text() {
     let params = SamplingParams { stop_strings: vec![text], ..SamplingParams::greedy(20) };
     let out = generate(
         &Mock::default(),
-        &Request { prompts: &[vec![first]], n: 1, params: &params, eos_token_ids: &[], seed: 0 },
+        &Request {
+            prompts: &[vec![first]],
+            n: 1,
+            params: &params,
+            eos_token_ids: &[],
+            seed: 0,
+            first_prompt: 0,
+        },
         Some(&tok),
         &EngineConfig::default(),
     )
@@ -264,6 +289,7 @@ fn ief_prompt_tokens_reach_the_model() {
             params: &params,
             eos_token_ids: &[],
             seed: 0,
+            first_prompt: 0,
         },
         None,
         &EngineConfig::default(),
@@ -373,8 +399,14 @@ fn engine_stats_count_slot_steps() {
         stop_on_eos: true,
         ..Default::default()
     };
-    let request =
-        Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[5], seed: 3 };
+    let request = Request {
+        prompts: &prompts,
+        n: 2,
+        params: &params,
+        eos_token_ids: &[5],
+        seed: 3,
+        first_prompt: 0,
+    };
     let config = EngineConfig { streams: 1, ..Default::default() };
     let (out, stats) = generate_with_stats(&m, &request, None, &config).unwrap();
     let lens: Vec<usize> = out.iter().map(|r| r.tokens.len()).collect();
@@ -396,8 +428,14 @@ fn streaming_hands_over_each_rollout_as_it_ends() {
     // Prompt 0 runs to the length cap (10 tokens), prompt 1 meets EOS (8) after 3.
     let prompts = vec![vec![50], vec![5]];
     let params = SamplingParams::greedy(10);
-    let request =
-        Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[8], seed: 0 };
+    let request = Request {
+        prompts: &prompts,
+        n: 2,
+        params: &params,
+        eos_token_ids: &[8],
+        seed: 0,
+        first_prompt: 0,
+    };
     let seen = std::sync::Mutex::new(Vec::new());
     let record = |r: &icpo_rollout::Rollout| seen.lock().unwrap().push(r.clone());
     let (out, _) = icpo_rollout::generate_streaming(

@@ -20,7 +20,14 @@ fn kv_cache_greedy_equals_repeated_full_forward() {
     let prompts = prompts();
     let out = generate(
         &model,
-        &Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[], seed: 0 },
+        &Request {
+            prompts: &prompts,
+            n: 2,
+            params: &params,
+            eos_token_ids: &[],
+            seed: 0,
+            first_prompt: 0,
+        },
         None,
         &EngineConfig::default(),
     )
@@ -59,7 +66,14 @@ fn returned_logprobs_equal_a_separate_forward() {
     ] {
         let out = generate(
             &model,
-            &Request { prompts: &prompts, n: 3, params: &params, eos_token_ids: &[], seed: 11 },
+            &Request {
+                prompts: &prompts,
+                n: 3,
+                params: &params,
+                eos_token_ids: &[],
+                seed: 11,
+                first_prompt: 0,
+            },
             None,
             &EngineConfig::default(),
         )
@@ -105,7 +119,14 @@ fn parallel_streams_give_the_samples_of_one_stream() {
     let run = |streams: usize| {
         generate(
             &model,
-            &Request { prompts: &prompts, n: 2, params: &params, eos_token_ids: &[], seed: 5 },
+            &Request {
+                prompts: &prompts,
+                n: 2,
+                params: &params,
+                eos_token_ids: &[],
+                seed: 5,
+                first_prompt: 0,
+            },
             None,
             &EngineConfig { streams, ..Default::default() },
         )

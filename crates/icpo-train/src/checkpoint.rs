@@ -187,7 +187,7 @@ impl Trainer {
     /// dropped so the resumed run appends in order.
     pub fn resume_with(&mut self, dir: &Path, explicit: &[String]) -> Result<Vec<ConfigChange>> {
         let out = self.output_dir();
-        if self.run_dir.is_none() {
+        if self.is_main() && self.run_dir.is_none() {
             self.run_dir = Some(RunDir::claim(&out, StartMode::Resume)?);
         }
         let dir =
@@ -213,7 +213,7 @@ impl Trainer {
         self.nonfinite_streak = state.nonfinite_streak;
         self.resumed = true;
         let metrics = out.join("metrics.jsonl");
-        if metrics.exists() {
+        if self.is_main() && metrics.exists() {
             let text = std::fs::read_to_string(&metrics).map_err(io_err(&metrics))?;
             let kept: Vec<&str> = text
                 .lines()

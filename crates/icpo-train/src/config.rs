@@ -317,6 +317,9 @@ pub struct TrainerSection {
     /// Rollouts per reward call when scoring asynchronously (what `TaskReward::score_batch`
     /// receives at most). Default 64.
     pub scoring_batch: usize,
+    /// Data-parallel runs: how long a rank waits for the others at start-up and in each
+    /// collective before it stops, naming the rank that did not arrive. Default 300 s.
+    pub dist_timeout_s: f64,
 }
 
 impl Default for TrainerSection {
@@ -333,6 +336,7 @@ impl Default for TrainerSection {
             reward_errors: crate::RewardErrors::Fail,
             async_scoring: true,
             scoring_batch: 64,
+            dist_timeout_s: 300.0,
         }
     }
 }
@@ -513,6 +517,11 @@ impl TrainConfig {
                 self.algorithm.shaping_decay_steps > 0.0,
             ),
             ("algorithm.errs.delta", self.algorithm.errs.delta, true),
+            (
+                "trainer.dist_timeout_s",
+                self.trainer.dist_timeout_s,
+                self.trainer.dist_timeout_s > 0.0,
+            ),
         ] {
             if !(v.is_finite() && ok) {
                 return Err(cfg_err(key, format!("{v} is out of range")));

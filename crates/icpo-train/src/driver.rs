@@ -156,7 +156,8 @@ impl Trainer {
     /// compute dtype), the tokenizer of `model.path`, the problems of `data.train_path`, the
     /// demo pool of `data.demo_pool_path` when `algorithm.ief`, and the periodic evaluation on
     /// `data.eval_paths` ([`PeriodicEval::from_config`]). Every path is checked before anything
-    /// is loaded, so a typo fails at once, naming its key.
+    /// is loaded, so a typo fails at once, naming its key. Under torchrun (`WORLD_SIZE` > 1)
+    /// it joins the job and trains data-parallel ([`Trainer::set_process_group`]).
     pub fn from_config_with(cfg: TrainConfig, scorer: Scorer) -> Result<Self> {
         cfg.validate()?;
         cfg.require_paths()?;
@@ -179,6 +180,10 @@ impl Trainer {
                 });
             }
         }
+        // Launched by torchrun: join the job first, so a missing rank fails before any loading.
+        let group = icpo_dist::init_from_env(std::time::Duration::from_secs_f64(
+            cfg.trainer.dist_timeout_s,
+        ))?;
         let evaluation = PeriodicEval::from_config(&cfg)?;
         let policy = CausalLm::load(&cfg.model.path, cfg.model.load_options()?)?;
         let reference = if cfg.loss.kl_coef > 0.0 {
@@ -201,6 +206,9 @@ impl Trainer {
         let mut trainer = Trainer::new(cfg, policy, reference, tokenizer, problems, demos, scorer)?;
         trainer.skipped_without_answer = skipped;
         trainer.evaluation = evaluation;
+        if group.world_size() > 1 {
+            trainer.set_process_group(group)?;
+        }
         Ok(trainer)
     }
 

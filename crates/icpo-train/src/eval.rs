@@ -87,6 +87,7 @@ pub fn evaluate(
         params: &cfg.sampling,
         eos_token_ids,
         seed: cfg.seed,
+        first_prompt: 0,
     };
     let out = generate(policy, &req, None, &cfg.engine)?;
     let texts: Vec<String> = out

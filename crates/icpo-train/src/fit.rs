@@ -75,7 +75,9 @@ impl Trainer {
         mut on_step: impl FnMut(&Trainer, &Metrics) -> Result<Control>,
     ) -> Result<()> {
         let out = self.output_dir();
-        if self.run_dir.is_none() {
+        // Rank 0 owns the output folder: only it claims, records and checkpoints.
+        let main = self.is_main();
+        if main && self.run_dir.is_none() {
             let mode = match (self.resumed, self.cfg.trainer.overwrite) {
                 (true, _) => StartMode::Resume,
                 (false, true) => StartMode::Overwrite,
@@ -99,20 +101,27 @@ impl Trainer {
                 let mut m = self.train_step()?;
                 let total = self.cfg.trainer.total_steps;
                 if let Some(ev) = self.evaluation.as_ref().filter(|e| e.due(self.step, total)) {
-                    m.extend(ev.run(self, Some(&out))?);
+                    m.extend(ev.run(self, main.then_some(out.as_path()))?);
                 }
                 match sink.as_mut() {
-                    Some(s) => s.record(&m)?,
-                    None => jsonl.record(&m)?,
+                    Some(s) if main => s.record(&m)?,
+                    None if main => jsonl.record(&m)?,
+                    _ => {}
                 }
                 let every = self.cfg.trainer.save_every;
                 let saved = (every > 0 && self.step.is_multiple_of(every))
                     || self.step == self.cfg.trainer.total_steps;
-                if saved {
+                if saved && main {
                     self.save_checkpoint(&out)?;
                 }
-                if on_step(self, &m)? == Control::Stop {
-                    if !saved {
+                // Every rank must stop at the same step: rank 0's callback decides.
+                let mut stop = on_step(self, &m)? == Control::Stop;
+                if self.group.world_size() > 1 {
+                    let b = self.group.broadcast_bytes("stop?", &[u8::from(stop)], 0)?;
+                    stop = b.first() == Some(&1);
+                }
+                if stop {
+                    if !saved && main {
                         self.save_checkpoint(&out)?;
                     }
                     break;

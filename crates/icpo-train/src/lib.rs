@@ -14,6 +14,7 @@ mod batch;
 mod checkpoint;
 mod config;
 mod data;
+mod data_parallel;
 mod driver;
 mod error;
 mod eval;

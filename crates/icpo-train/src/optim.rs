@@ -137,6 +137,39 @@ impl AdamW {
         g.defined().then_some(g)
     }
 
+    /// Sums the gradients since the last update over the ranks of `group`, in place, so every
+    /// rank steps with the whole batch's gradient (data parallelism). Every rank reduces the
+    /// same list, each trainable weight's gradient, zero where this rank made none.
+    pub fn all_reduce_grads(
+        &mut self,
+        params: &BTreeMap<String, Tensor>,
+        group: &dyn icpo_dist::ProcessGroup,
+    ) -> Result<()> {
+        if group.world_size() == 1 {
+            return Ok(());
+        }
+        self.accumulate(params)?;
+        let trainable = || params.iter().filter(|(_, p)| p.requires_grad());
+        // A weight this rank's micro-batches never reached has no `.grad` yet: make it zero.
+        let missing: Vec<Tensor> = trainable()
+            .filter(|(_, p)| p.kind() == Kind::Float && !p.grad().defined())
+            .map(|(_, p)| p.f_sum(Kind::Float).and_then(|s| s.f_mul_scalar(0.0)))
+            .collect::<std::result::Result<_, _>>()?;
+        if !missing.is_empty() {
+            Tensor::f_stack(&missing, 0)?.f_sum(Kind::Float)?.backward();
+        }
+        for (name, p) in trainable() {
+            if p.kind() != Kind::Float {
+                self.ensure_buffers(name, p)?;
+                self.touched.insert(name.clone());
+            }
+        }
+        let mut grads: Vec<Tensor> =
+            trainable().filter_map(|(name, p)| self.gradient(name, p)).collect();
+        tch::no_grad(|| group.all_reduce_sum("gradients", &mut grads))?;
+        Ok(())
+    }
+
     /// Sets every gradient to zero, accumulators included (after an update, or a skipped one).
     pub fn zero_grad(&mut self, params: &BTreeMap<String, Tensor>) -> Result<()> {
         zero_grads(params);

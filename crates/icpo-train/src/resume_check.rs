@@ -10,7 +10,7 @@ use crate::error::{Result, TrainError};
 /// Keys that change how a run executes or what it records, not what it computes (memory
 /// knobs such as the micro-batch size change float summation order only). They may differ on
 /// resume; every difference is still reported.
-pub const OPERATIONAL_KEYS: [&str; 14] = [
+pub const OPERATIONAL_KEYS: [&str; 15] = [
     "trainer.total_steps",
     "trainer.save_every",
     "trainer.eval_every",
@@ -25,6 +25,7 @@ pub const OPERATIONAL_KEYS: [&str; 14] = [
     "optim.micro_batch_size",
     "trainer.async_scoring",
     "trainer.scoring_batch",
+    "trainer.dist_timeout_s",
 ];
 
 /// A config value that differs between the checkpoint and the resumed run.

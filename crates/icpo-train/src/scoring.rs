@@ -40,6 +40,8 @@ pub(crate) struct Pass<'a> {
     pub(crate) prompts: &'a [Vec<i64>],
     pub(crate) n: usize,
     pub(crate) seed: u64,
+    /// Global index of `prompts[0]` (a rank's shard).
+    pub(crate) first_prompt: usize,
 }
 
 /// The rewards of `rs` (in order) from any scorer, before the error policy is applied.
@@ -102,6 +104,7 @@ impl Trainer {
                 params: &params,
                 eos_token_ids: &self.eos_token_ids,
                 seed: pass.seed,
+                first_prompt: pass.first_prompt,
             };
             Ok(generate_streaming(&self.policy, &request, Some(tok), engine, cb)?.0)
         };

@@ -71,6 +71,8 @@ pub struct Trainer {
     pub(crate) advantages: Option<Box<dyn Advantages>>,
     /// Where `fit` sends each step's metrics instead of `metrics.jsonl`.
     pub(crate) sink: Option<Box<dyn crate::fit::MetricsSink>>,
+    /// The ranks of a data-parallel run (world size 1 by default).
+    pub(crate) group: std::sync::Arc<dyn icpo_dist::ProcessGroup>,
     /// A prompt format in place of `data.few_shot`.
     pub(crate) prompt_format: Option<std::sync::Arc<dyn icpo_rollout::PromptFormat>>,
     /// The evaluation `fit` runs every `trainer.eval_every` steps.
@@ -230,6 +232,7 @@ impl Trainer {
             advantages: None,
             sink: None,
             evaluation: None,
+            group: crate::data_parallel::single(),
             prompt_format: None,
             skipped_without_answer: 0,
         })
@@ -294,9 +297,13 @@ impl Trainer {
             cfg.trainer.seed,
             cfg.data.shuffle,
         );
+        // Every rank draws the whole batch (the same problems and demonstrations, the same
+        // random stream after them) and keeps its contiguous shard.
+        let (lo, hi) =
+            crate::data_parallel::shard(idx.len(), self.group.rank(), self.group.world_size());
         let problems: Vec<Problem> = idx.iter().map(|&i| self.problems[i].clone()).collect();
         let builder = self.prompt_builder();
-        let plain: Vec<Vec<i64>> = problems
+        let plain: Vec<Vec<i64>> = problems[lo..hi]
             .iter()
             .map(|p| builder.plain(&p.problem))
             .collect::<std::result::Result<_, _>>()?;
@@ -306,17 +313,20 @@ impl Trainer {
                 .demos
                 .as_ref()
                 .ok_or_else(|| TrainError::Aborted("IEF without a demo pool".into()))?;
-            for p in &problems {
+            for (i, p) in problems.iter().enumerate() {
                 let demos = pool.draw(cfg.rollout.demos, &p.problem, &mut rng)?;
-                ief_prompts.push(builder.in_context(&p.problem, &demos)?);
+                if (lo..hi).contains(&i) {
+                    ief_prompts.push(builder.in_context(&p.problem, &demos)?);
+                }
             }
         }
-        self.rollout_on(&problems, &plain, &ief_prompts, rng, t_start)
+        drop(builder);
+        self.rollout_on(&problems[lo..hi], &plain, &ief_prompts, rng, t_start, lo)
     }
 
     /// Runs one training step on pre-tokenized prompts (plain, and in-context when IEF is
     /// on: one per plain prompt), rewarding against `answers`. Benchmarks use it with random
-    /// prompt ids.
+    /// prompt ids. In a data-parallel run every rank passes the whole batch.
     pub fn train_step_on(
         &mut self,
         answers: &[String],
@@ -326,7 +336,12 @@ impl Trainer {
         let rng = ChaCha8Rng::seed_from_u64(seed_for(self.cfg.trainer.seed, self.step, 0));
         let problems: Vec<Problem> =
             answers.iter().map(|a| Problem { answer: a.clone(), ..Problem::default() }).collect();
-        let batch = self.rollout_on(&problems, plain, ief_prompts, rng, Instant::now())?;
+        // Data parallel: every rank is given the whole batch and keeps its shard.
+        let (lo, hi) =
+            crate::data_parallel::shard(plain.len(), self.group.rank(), self.group.world_size());
+        let ief = if ief_prompts.is_empty() { ief_prompts } else { &ief_prompts[lo..hi] };
+        let batch =
+            self.rollout_on(&problems[lo..hi], &plain[lo..hi], ief, rng, Instant::now(), lo)?;
         self.update(batch)
     }
 
@@ -335,8 +350,9 @@ impl Trainer {
         problems: &[Problem],
         plain: &[Vec<i64>],
         ief_prompts: &[Vec<i64>],
-        mut rng: ChaCha8Rng,
+        rng: ChaCha8Rng,
         t_start: Instant,
+        first: usize,
     ) -> Result<StepBatch> {
         let cfg = self.cfg.clone();
         let (g, n_off) =
@@ -357,11 +373,17 @@ impl Trainer {
             max_tokens_in_flight: cfg.rollout.max_tokens_in_flight,
             streams: cfg.rollout.decode_streams,
         };
-        let on_pass = Pass { prompts: plain, n: g, seed: seed_for(cfg.trainer.seed, self.step, 1) };
+        let on_pass = Pass {
+            prompts: plain,
+            n: g,
+            seed: seed_for(cfg.trainer.seed, self.step, 1),
+            first_prompt: first,
+        };
         let ief_pass = Pass {
             prompts: if n_off > 0 { ief_prompts } else { &[] },
             n: n_off,
             seed: seed_for(cfg.trainer.seed, self.step, 2),
+            first_prompt: first,
         };
         let Generated {
             on,
@@ -400,7 +422,10 @@ impl Trainer {
         for (p, prompt) in plain.iter().enumerate() {
             let on_p: Vec<f64> = on_r[p * g..(p + 1) * g].to_vec();
             let ief_p: Vec<f64> = ief_r[p * n_off..(p + 1) * n_off].to_vec();
-            let outcome = errs_select(&on_p, &ief_p, &cfg.algorithm.errs, &mut rng)?;
+            // ERRS draws from the group's own stream, keyed by its global index.
+            let mut group_rng = ChaCha8Rng::seed_from_u64(seed_for(cfg.trainer.seed, self.step, 3));
+            group_rng.set_stream((first + p) as u64);
+            let outcome = errs_select(&on_p, &ief_p, &cfg.algorithm.errs, &mut group_rng)?;
             accepted += outcome.accepted.len();
             let shaped = group_rewards(
                 &outcome,
@@ -416,7 +441,7 @@ impl Trainer {
                     Origin::Ief(j) => (&ief[p * n_off + j], true, ief_p[j]),
                 };
                 trajs.push(Trajectory {
-                    group: p,
+                    group: first + p,
                     prompt: prompt.clone(),
                     response: r.tokens.clone(),
                     is_ief,

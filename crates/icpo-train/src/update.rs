@@ -12,6 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::batch::{pad, unpad, Trajectory};
+use crate::data_parallel::{gather_f64, sum_maps};
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::trainer::{micro_batch_weight, Metrics, Trainer};
@@ -70,10 +71,23 @@ impl Trainer {
         let t_train = Instant::now();
         let micro = cfg.optim.micro_batch_size;
         let mini = cfg.optim.mini_batch_prompts * g;
+        // Data parallel: the mini-batches are the whole batch's (as one process forms them),
+        // from every rank's trajectory lengths in global order; this rank trains on its members.
+        let group = self.group.clone();
+        let world = group.world_size();
+        let local_lens: Vec<f64> = trajs.iter().map(|t| t.response.len() as f64).collect();
+        let (all_lens, offset) = if world == 1 {
+            (local_lens, 0)
+        } else {
+            let counts = gather_f64(group.as_ref(), "trajectory counts", &[trajs.len() as f64])?;
+            let offset = counts[..group.rank()].iter().sum::<f64>() as usize;
+            (gather_f64(group.as_ref(), "trajectory lengths", &local_lens)?, offset)
+        };
+        let n_global = all_lens.len();
         // With one update per step, π_old is the current policy at that update: its log-probs
         // are the detached ones of the update's own forward pass (as verl and TRL do), so the
         // separate pass is skipped. The reference pass is still needed when β > 0.
-        let single_update = cfg.optim.ppo_epochs == 1 && trajs.len() <= mini;
+        let single_update = cfg.optim.ppo_epochs == 1 && n_global <= mini;
         // The entropy bonus needs its gradient; otherwise entropy is only a metric.
         let entropy_mode = if cfg.loss.entropy_coef > 0.0 {
             icpo_policy::Entropy::Differentiable
@@ -118,18 +132,23 @@ impl Trainer {
             loss_cfg.norm_length = cfg.rollout.max_new_tokens;
         }
         let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
-        let updates_per_step = (cfg.optim.ppo_epochs * trajs.len().div_ceil(mini)) as u64;
+        let updates_per_step = (cfg.optim.ppo_epochs * n_global.div_ceil(mini)) as u64;
         let total_updates = updates_per_step * cfg.trainer.total_steps;
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut n_updates = 0.0;
         let mut skipped = 0.0;
         for _ in 0..cfg.optim.ppo_epochs {
-            let mut order: Vec<usize> = (0..trajs.len()).collect();
+            let mut order: Vec<usize> = (0..n_global).collect();
             order.shuffle(&mut rng);
-            for mb in order.chunks(mini) {
-                let n_micro = mb.len().div_ceil(micro);
-                let mb_tokens: usize = mb.iter().map(|&i| trajs[i].response.len()).sum();
-                let mb_seqs = mb.iter().filter(|&&i| !trajs[i].response.is_empty()).count();
+            for global_mb in order.chunks(mini) {
+                let n_micro = global_mb.len().div_ceil(micro);
+                let mb_tokens: usize = global_mb.iter().map(|&i| all_lens[i] as usize).sum();
+                let mb_seqs = global_mb.iter().filter(|&&i| all_lens[i] > 0.0).count();
+                let mb: Vec<usize> = global_mb
+                    .iter()
+                    .filter(|&&i| (offset..offset + trajs.len()).contains(&i))
+                    .map(|&i| i - offset)
+                    .collect();
                 let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
                 let mut finite = true;
                 for mc in mb.chunks(micro) {
@@ -177,6 +196,16 @@ impl Trainer {
                         *mb_metrics.entry(k).or_default() += w * v;
                     }
                 }
+                if world > 1 {
+                    // Every rank agrees on the update being finite, then sums its gradient.
+                    let mut bad = [f64::from(u8::from(!finite))];
+                    group.all_reduce_f64("non-finite updates", &mut bad)?;
+                    finite = bad[0] == 0.0;
+                    if finite {
+                        self.optim.all_reduce_grads(&params, group.as_ref())?;
+                    }
+                    mb_metrics = sum_maps(group.as_ref(), "loss metrics", &mb_metrics)?;
+                }
                 let norm = self.optim.grad_norm(&params)?;
                 let lr = AdamW::lr_at(&cfg.optim, self.optim.updates, total_updates);
                 if finite && norm.is_finite() {
@@ -210,18 +239,48 @@ impl Trainer {
         }
         let mean =
             |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+        // The whole batch's values, gathered from every rank.
+        let g_ = group.as_ref();
         let rollouts = || batch.on_policy.iter().chain(&batch.ief).map(|(r, _)| r);
-        let lens: Vec<f64> = rollouts().map(|r| r.tokens.len() as f64).collect();
-        let new_tokens: f64 = lens.iter().sum();
-        let clipped = rollouts().filter(|r| r.finish_reason == FinishReason::Length).count() as f64;
-        let ief_accepted_rewards: Vec<f64> =
-            trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect();
+        let local_new_tokens: f64 = rollouts().map(|r| r.tokens.len() as f64).sum();
+        let lens = gather_f64(
+            g_,
+            "response lengths",
+            &rollouts().map(|r| r.tokens.len() as f64).collect::<Vec<_>>(),
+        )?;
+        let clipped = gather_f64(
+            g_,
+            "clipped responses",
+            &[rollouts().filter(|r| r.finish_reason == FinishReason::Length).count() as f64],
+        )?
+        .iter()
+        .sum::<f64>();
+        let ief_accepted_rewards = gather_f64(
+            g_,
+            "accepted IEF rewards",
+            &trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect::<Vec<_>>(),
+        )?;
+        let shaped = gather_f64(
+            g_,
+            "shaped rewards",
+            &trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>(),
+        )?;
+        let on_r = gather_f64(g_, "on-policy rewards", &on_r)?;
+        let ief_r = gather_f64(g_, "IEF rewards", &ief_r)?;
+        let accepted =
+            gather_f64(g_, "accepted IEF rollouts", &[batch.accepted as f64])?.iter().sum::<f64>();
+        let prompts = batch.prompts * world;
+        if world > 1 {
+            // The rollout half's metrics: error counts add up, the rest are means over ranks.
+            let summed = sum_maps(g_, "rollout metrics", &m)?;
+            for (k, v) in summed {
+                let v = if k == "reward/errors" { v } else { v / world as f64 };
+                m.insert(k, v);
+            }
+        }
         m.insert("step".into(), self.step as f64);
         m.insert("epoch".into(), self.cursor.epoch as f64);
-        m.insert(
-            "reward/mean".into(),
-            mean(&trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>()),
-        );
+        m.insert("reward/mean".into(), mean(&shaped));
         m.insert("reward/on_policy_mean".into(), mean(&on_r));
         // IEF's metrics only where IEF runs (GRPO has none to report).
         if cfg.algorithm.ief {
@@ -231,11 +290,7 @@ impl Trainer {
             m.insert("ief/on_policy_success_rate".into(), mean(&on_r));
             m.insert(
                 "ief/acceptance_rate".into(),
-                if batch.ief.is_empty() {
-                    0.0
-                } else {
-                    batch.accepted as f64 / batch.ief.len() as f64
-                },
+                if ief_r.is_empty() { 0.0 } else { accepted / ief_r.len() as f64 },
             );
             m.insert("shaping/gamma".into(), batch.gamma);
         }
@@ -247,13 +302,14 @@ impl Trainer {
         );
         m.insert("train/skipped_updates".into(), skipped);
         m.insert("data/overlong_dropped".into(), self.dropped_overlong as f64);
-        m.insert("train/group_size".into(), trajs.len() as f64 / batch.prompts.max(1) as f64);
+        m.insert("train/group_size".into(), n_global as f64 / prompts.max(1) as f64);
         let step_s = batch.started.elapsed().as_secs_f64();
         m.insert("timing/generation_s".into(), batch.generation_s);
         m.insert("timing/scoring_s".into(), batch.scoring_s);
         m.insert("timing/training_s".into(), train_s);
         m.insert("timing/step_s".into(), step_s);
-        m.insert("perf/tokens_per_s".into(), new_tokens / step_s.max(1e-9));
+        // This rank's throughput.
+        m.insert("perf/tokens_per_s".into(), local_new_tokens / step_s.max(1e-9));
         if let Some(bytes) = peak_memory_bytes(self.policy.device()) {
             // This step's peak: CUDA's allocator on a GPU, the process's RSS on a CPU.
             m.insert("perf/peak_memory_gb".into(), bytes as f64 / 1e9);
