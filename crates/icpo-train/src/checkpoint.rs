@@ -190,8 +190,24 @@ impl Trainer {
         if self.is_main() && self.run_dir.is_none() {
             self.run_dir = Some(RunDir::claim(&out, StartMode::Resume)?);
         }
-        let dir =
-            if dir.join("latest").exists() { resolve_latest(dir)? } else { dir.to_path_buf() };
+        let resolve = |d: &Path| {
+            if d.join("latest").exists() {
+                resolve_latest(d)
+            } else {
+                Ok(d.to_path_buf())
+            }
+        };
+        // Data parallel: rank 0 resolves (and may repair) `latest` first, the others after it.
+        let dir = if self.group.world_size() == 1 {
+            resolve(dir)?
+        } else if self.is_main() {
+            let resolved = resolve(dir);
+            self.group.barrier("resolving the checkpoint")?;
+            resolved?
+        } else {
+            self.group.barrier("resolving the checkpoint")?;
+            resolve(dir)?
+        };
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
         let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Data {

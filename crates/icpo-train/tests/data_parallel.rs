@@ -1,13 +1,15 @@
 //! Data-parallel ICPO on the CPU development backend, launched as separate processes (this
 //! test binary re-runs itself as the ranks, with torchrun's variables): 2 ranks reach the same
-//! weights after 3 steps as 1 process on the same global batch.
+//! weights after 3 steps as 1 process on the same global batch; a 1-process checkpoint resumes
+//! on 2 ranks and a 2-rank checkpoint in 1 process, both landing where the uninterrupted run
+//! does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may unwrap
 
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +34,11 @@ fn run_config(out: &str) -> icpo_train::TrainConfig {
     )
 }
 
-/// Steps the trainer, then writes its weights and per-step metrics under `dir/name.*`.
-fn train_and_save(t: &mut Trainer, dir: &Path, name: &str) {
+/// Steps the trainer `steps` times, then writes its weights and per-step metrics under
+/// `dir/name.*`.
+fn train_and_save(t: &mut Trainer, dir: &Path, name: &str, steps: usize) {
     let mut metrics = Vec::new();
-    for _ in 0..STEPS {
+    for _ in 0..steps {
         metrics.push(t.train_step().unwrap());
     }
     let weights = t.policy().named_weights();
@@ -55,24 +58,40 @@ fn load(dir: &Path, name: &str) -> HashMap<String, Tensor> {
 #[ignore = "a rank of the multi-process test, started by it"]
 fn rank_entry() {
     let Ok(dir) = std::env::var("ICPO_DP_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let scenario = std::env::var("ICPO_DP_SCENARIO").unwrap();
     let env = DistEnv::from_env().unwrap().unwrap();
-    let mut t = trainer(run_config(&format!("icpo-dp-rank{}", env.rank)), "e");
+    let pid = std::process::id();
+    let mut t = trainer(run_config(&format!("icpo-dp-{scenario}-rank{}-{pid}", env.rank)), "e");
     let group = StoreGroup::connect(&env, Duration::from_secs(120)).unwrap();
     t.set_process_group(Arc::new(group)).unwrap();
-    train_and_save(&mut t, Path::new(&dir), &format!("rank{}", env.rank));
+    let name = format!("{scenario}-rank{}", env.rank);
+    match scenario.as_str() {
+        "train" => train_and_save(&mut t, &dir, &name, STEPS),
+        "save" => {
+            train_and_save(&mut t, &dir, &name, STEPS - 1);
+            if t.is_main() {
+                t.save_checkpoint(&dir.join("ckpt-2ranks")).unwrap();
+            }
+        }
+        "resume" => {
+            t.resume(&dir.join("ckpt-1process")).unwrap();
+            assert_eq!(t.step(), (STEPS - 1) as u64);
+            train_and_save(&mut t, &dir, &name, 1);
+        }
+        other => panic!("unknown scenario {other}"),
+    }
 }
 
-#[test]
-fn two_ranks_train_like_one_process() {
-    let dir = std::env::temp_dir().join(format!("icpo-dp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// Starts ranks 0 and 1 of `scenario`; `meanwhile` runs in this process while they do.
+fn two_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let children: Vec<_> = (0..2)
         .map(|rank| {
             Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "rank_entry", "--ignored", "--nocapture", "--test-threads=1"])
-                .env("ICPO_DP_DIR", &dir)
+                .env("ICPO_DP_DIR", dir)
+                .env("ICPO_DP_SCENARIO", scenario)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", "2")
@@ -86,38 +105,54 @@ fn two_ranks_train_like_one_process() {
                 .unwrap()
         })
         .collect();
-    // The same global batch in this process, while the ranks run.
-    let mut single = trainer(run_config("icpo-dp-single"), "e");
-    train_and_save(&mut single, &dir, "single");
+    meanwhile();
     for (rank, c) in children.into_iter().enumerate() {
         let o = c.wait_with_output().unwrap();
         assert!(
             o.status.success(),
-            "rank {rank}: {}{}",
+            "{scenario} rank {rank}: {}{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let (one, r0, r1) = (load(&dir, "single"), load(&dir, "rank0"), load(&dir, "rank1"));
-    assert_eq!(one.len(), r0.len());
-    let mut moved = 0.0f64;
+}
+
+/// `‖a − b‖ / ‖b‖` ≤ 1e-5 for every weight.
+fn assert_close(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (name, w) in b {
+        let diff = (&a[name] - w).norm().double_value(&[]);
+        let scale = w.norm().double_value(&[]).max(1e-12);
+        assert!(diff / scale <= 1e-5, "{what}: {name}: relative difference {:.2e}", diff / scale);
+    }
+}
+
+#[test]
+fn two_ranks_train_like_one_process_and_checkpoints_cross_world_sizes() {
+    let dir = std::env::temp_dir().join(format!("icpo-dp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 2 ranks for 3 steps, and the same global batch in this process meanwhile.
+    two_ranks(&dir, "train", || {
+        let mut single = trainer(run_config("icpo-dp-single"), "e");
+        train_and_save(&mut single, &dir, "single", STEPS);
+    });
+    let (one, r0, r1) =
+        (load(&dir, "single"), load(&dir, "train-rank0"), load(&dir, "train-rank1"));
+    for (name, w) in &r0 {
+        assert!(w.equal(&r1[name]), "{name}: the two ranks hold different weights");
+    }
+    assert_close(&r0, &one, "2 ranks vs 1 process");
     let start: HashMap<String, Tensor> =
         trainer(run_config("icpo-dp-start"), "e").policy().named_weights().into_iter().collect();
-    for (name, w) in &one {
-        let (a, b) = (&r0[name], &r1[name]);
-        assert!(a.equal(b), "{name}: the two ranks hold different weights");
-        let diff = (a - w).norm().double_value(&[]);
-        let scale = w.norm().double_value(&[]).max(1e-12);
-        assert!(diff / scale <= 1e-5, "{name}: relative difference {:.2e}", diff / scale);
-        moved += (w - &start[name]).norm().double_value(&[]);
-    }
+    let moved: f64 = one.iter().map(|(k, w)| (w - &start[k]).norm().double_value(&[])).sum();
     assert!(moved > 0.0, "the weights changed: the comparison is not vacuous");
     // The metrics rank 0 reports are the whole batch's.
     let metrics = |n: &str| -> Vec<serde_json::Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{n}.json"))).unwrap())
             .unwrap()
     };
-    let (m1, m2) = (metrics("single"), metrics("rank0"));
+    let (m1, m2) = (metrics("single"), metrics("train-rank0"));
     for (a, b) in m1.iter().zip(&m2) {
         for key in [
             "reward/on_policy_mean",
@@ -132,5 +167,23 @@ fn two_ranks_train_like_one_process() {
         let (x, y) = (a["actor/pg_loss"].as_f64().unwrap(), b["actor/pg_loss"].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "actor/pg_loss: {x} vs {y}");
     }
+
+    // A 1-process checkpoint after 2 steps, resumed on 2 ranks for the third.
+    let mut first = trainer(run_config("icpo-dp-first"), "e");
+    for _ in 0..STEPS - 1 {
+        first.train_step().unwrap();
+    }
+    first.save_checkpoint(&dir.join("ckpt-1process")).unwrap();
+    drop(first);
+    two_ranks(&dir, "resume", || {});
+    assert_close(&load(&dir, "resume-rank0"), &one, "1-process checkpoint resumed on 2 ranks");
+
+    // A 2-rank checkpoint after 2 steps, resumed in 1 process for the third.
+    two_ranks(&dir, "save", || {});
+    let mut resumed = trainer(run_config("icpo-dp-resumed"), "e");
+    resumed.resume(&dir.join("ckpt-2ranks")).unwrap();
+    assert_eq!(resumed.step(), (STEPS - 1) as u64);
+    train_and_save(&mut resumed, &dir, "resumed-1process", 1);
+    assert_close(&load(&dir, "resumed-1process"), &one, "2-rank checkpoint resumed in 1 process");
     std::fs::remove_dir_all(&dir).unwrap();
 }
