@@ -93,6 +93,7 @@ fn main() -> Result<()> {
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(w.seed);
     let mut seconds = Vec::new();
+    let mut collective = Vec::new();
     // One untimed warm-up step first, as scripts/bench_trl_grpo.py does for TRL.
     for step in 0..=a.steps {
         let prompts = w.random_prompts(vocab, &mut rng);
@@ -107,6 +108,7 @@ fn main() -> Result<()> {
         );
         if step > 0 {
             seconds.push(m["timing/step_s"]);
+            collective.push(m.get("perf/collective_s").copied().unwrap_or(0.0));
         }
     }
     if !trainer.is_main() {
@@ -120,7 +122,7 @@ fn main() -> Result<()> {
         .sum();
     println!(
         "{}",
-        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds, "world_size": world_size, "weights_sq_norm": weights_sq_norm})
+        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds, "world_size": world_size, "collective_seconds": collective, "weights_sq_norm": weights_sq_norm})
     );
     Ok(())
 }

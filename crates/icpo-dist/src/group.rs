@@ -21,6 +21,12 @@ pub trait ProcessGroup: Send + Sync {
     /// Every rank's `data`, in rank order.
     fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>>;
 
+    /// Seconds spent in collectives since the process group was made (waiting for the others
+    /// included): what a step's `perf/collective_s` is taken from.
+    fn collective_seconds(&self) -> f64 {
+        0.0
+    }
+
     /// Sums `values` over the ranks, in place, adding in rank order (the same result on every
     /// rank).
     fn all_reduce_f64(&self, what: &str, values: &mut [f64]) -> Result<()> {
@@ -140,6 +146,10 @@ pub struct StoreGroup {
     world: usize,
     timeout: Duration,
     seq: AtomicU64,
+    /// Nanoseconds spent in collectives.
+    busy_ns: AtomicU64,
+    /// This rank's recent collectives and their chunk counts, to delete their keys later.
+    chunk_counts: std::sync::Mutex<std::collections::VecDeque<(u64, usize)>>,
     /// Keys of this run (an agent's store outlives restarts).
     prefix: String,
     /// Whether this process serves the store (and must outlive the others' use of it).
@@ -162,6 +172,8 @@ impl StoreGroup {
             world: env.world_size,
             timeout,
             seq: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            chunk_counts: std::sync::Mutex::new(std::collections::VecDeque::new()),
             prefix: format!("icpo/{}", env.restart),
             serving: serve,
         };
@@ -196,27 +208,72 @@ impl ProcessGroup for StoreGroup {
     fn world_size(&self) -> usize {
         self.world
     }
+    fn collective_seconds(&self) -> f64 {
+        self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
     fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let t0 = std::time::Instant::now();
+        let out = self.gather(what, data);
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        out
+    }
+}
+
+impl StoreGroup {
+    fn gather(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        self.store.set(&self.key(seq, self.rank), data)?;
+        // The store takes values of a few MiB at most (libuv backend: 8 MiB): large parts go
+        // in chunks, then a header with their count, so a reader that sees the header finds
+        // every chunk.
+        let chunks: Vec<&[u8]> =
+            if data.is_empty() { vec![] } else { data.chunks(CHUNK).collect() };
+        for (i, c) in chunks.iter().enumerate() {
+            self.store.set(&format!("{}/{i}", self.key(seq, self.rank)), c)?;
+        }
+        self.store.set(&self.key(seq, self.rank), &(chunks.len() as u64).to_le_bytes())?;
         let mut out = Vec::with_capacity(self.world);
         for r in 0..self.world {
-            match self.store.get(&self.key(seq, r), self.timeout)? {
-                Got::Value(v) => out.push(v),
-                Got::TimedOut => {
-                    return Err(DistError::Timeout {
-                        rank: r,
-                        me: self.rank,
-                        what: format!("{what} (collective #{seq})"),
-                        seconds: self.timeout.as_secs_f64(),
-                    })
+            let timeout = |seconds: f64| DistError::Timeout {
+                rank: r,
+                me: self.rank,
+                what: format!("{what} (collective #{seq})"),
+                seconds,
+            };
+            let header = match self.store.get(&self.key(seq, r), self.timeout)? {
+                Got::Value(v) => v,
+                Got::TimedOut => return Err(timeout(self.timeout.as_secs_f64())),
+            };
+            let n = header
+                .get(..8)
+                .and_then(|h| h.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| DistError::Store(format!("malformed header from rank {r}")))?;
+            let mut part = Vec::new();
+            for i in 0..n {
+                match self.store.get(&format!("{}/{i}", self.key(seq, r)), self.timeout)? {
+                    Got::Value(v) => part.extend_from_slice(&v),
+                    Got::TimedOut => return Err(timeout(self.timeout.as_secs_f64())),
                 }
             }
+            out.push(part);
         }
         // Every rank that set collective `seq - 1` had read all of `seq - 2`.
-        if seq >= 2 {
-            self.store.delete(&self.key(seq - 2, self.rank))?;
+        let mut mine = self.chunk_counts.lock().map_err(|_| DistError::Store("poisoned".into()))?;
+        mine.push_back((seq, chunks.len()));
+        while mine.front().is_some_and(|&(s, _)| s + 2 <= seq) {
+            if let Some((old, n)) = mine.pop_front() {
+                let key = self.key(old, self.rank);
+                for i in 0..n {
+                    self.store.delete(&format!("{key}/{i}"))?;
+                }
+                self.store.delete(&key)?;
+            }
         }
         Ok(out)
     }
 }
+
+/// Bytes per store value (under the libuv backend's 8 MiB limit).
+const CHUNK: usize = 4 << 20;

@@ -94,6 +94,19 @@ fn rank_entry() {
                         ]
                     );
                 }
+                // A part larger than one store value (the libuv backend takes 8 MiB at most).
+                let big: Vec<u8> =
+                    (0..9_000_000u32).map(|i| (i % 251) as u8 ^ g.rank() as u8).collect();
+                let all = g.all_gather_bytes("a large part", &big)?;
+                for (r, part) in all.iter().enumerate() {
+                    assert!(
+                        part.len() == big.len()
+                            && part
+                                .iter()
+                                .enumerate()
+                                .all(|(i, &b)| b == (i as u32 % 251) as u8 ^ r as u8)
+                    );
+                }
                 g.barrier("end")?;
                 println!("ok");
             }

@@ -73,6 +73,8 @@ pub struct Trainer {
     pub(crate) sink: Option<Box<dyn crate::fit::MetricsSink>>,
     /// The ranks of a data-parallel run (world size 1 by default).
     pub(crate) group: std::sync::Arc<dyn icpo_dist::ProcessGroup>,
+    /// The process group's collective seconds when the step began.
+    pub(crate) collective_s_at_start: f64,
     /// A prompt format in place of `data.few_shot`.
     pub(crate) prompt_format: Option<std::sync::Arc<dyn icpo_rollout::PromptFormat>>,
     /// The evaluation `fit` runs every `trainer.eval_every` steps.
@@ -233,6 +235,7 @@ impl Trainer {
             sink: None,
             evaluation: None,
             group: crate::data_parallel::single(),
+            collective_s_at_start: 0.0,
             prompt_format: None,
             skipped_without_answer: 0,
         })
@@ -354,6 +357,7 @@ impl Trainer {
         t_start: Instant,
         first: usize,
     ) -> Result<StepBatch> {
+        self.collective_s_at_start = self.group.collective_seconds();
         let cfg = self.cfg.clone();
         let (g, n_off) =
             (cfg.rollout.group_size, if cfg.algorithm.ief { cfg.rollout.ief_samples } else { 0 });

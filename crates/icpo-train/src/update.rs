@@ -308,6 +308,14 @@ impl Trainer {
         m.insert("timing/scoring_s".into(), batch.scoring_s);
         m.insert("timing/training_s".into(), train_s);
         m.insert("timing/step_s".into(), step_s);
+        if world > 1 {
+            // This rank's time in collectives during the step (waiting for the others included).
+            m.insert(
+                "perf/collective_s".into(),
+                group.collective_seconds() - self.collective_s_at_start,
+            );
+            m.insert("perf/world_size".into(), world as f64);
+        }
         // This rank's throughput.
         m.insert("perf/tokens_per_s".into(), local_new_tokens / step_s.max(1e-9));
         if let Some(bytes) = peak_memory_bytes(self.policy.device()) {
