@@ -65,23 +65,34 @@ fn run(config: &Path, overrides: &[String], resume: Option<&Path>, plain: bool) 
     let cfg = TrainConfig::load(Some(config), overrides)?;
     let total = cfg.trainer.total_steps;
     let mut trainer = Trainer::from_config(cfg)?;
-    eprintln!(
+    // Under torchrun, rank 0 speaks for the job.
+    let main = trainer.is_main();
+    let say = |line: &str| {
+        if main {
+            eprintln!("{line}");
+        }
+    };
+    let world = trainer.process_group().world_size();
+    if world > 1 {
+        say(&format!("data parallel over {world} ranks"));
+    }
+    say(&format!(
         "{} training problems ({} skipped without an answer, {} longer than data.max_prompt_tokens)",
         trainer.num_problems(),
         trainer.skipped_without_answer,
         trainer.dropped_overlong
-    );
+    ));
     if let Some(ev) = trainer.evaluation() {
-        eprintln!("evaluating on {} every trainer.eval_every steps", ev.names().join(", "));
+        say(&format!("evaluating on {} every trainer.eval_every steps", ev.names().join(", ")));
     }
     if let Some(r) = resume {
         // Only what the user set on the command line may change the run's meaning.
         for change in trainer.resume_with(r, overrides)? {
-            eprintln!("resume: accepted config change {change}");
+            say(&format!("resume: accepted config change {change}"));
         }
-        eprintln!("resumed at step {}", trainer.step());
+        say(&format!("resumed at step {}", trainer.step()));
     }
-    let bar = if plain { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    let bar = if plain || !main { ProgressBar::hidden() } else { ProgressBar::new(total) };
     if let Ok(style) =
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed} <{eta} {msg}")
     {
@@ -92,21 +103,21 @@ fn run(config: &Path, overrides: &[String], resume: Option<&Path>, plain: bool) 
         bar.set_position(t.step());
         bar.set_message(summary(m));
         if plain {
-            eprintln!("step {}/{total}: {}", t.step(), summary(m));
+            say(&format!("step {}/{total}: {}", t.step(), summary(m)));
         }
         for line in eval_lines(t.step(), m) {
             bar.println(&line);
             if plain {
-                eprintln!("{line}");
+                say(&line);
             }
         }
         Ok(())
     })?;
     bar.finish();
-    eprintln!(
+    say(&format!(
         "done: step {} of {total}; metrics and checkpoints in {}",
         trainer.step(),
         trainer.output_dir().display()
-    );
+    ));
     Ok(())
 }

@@ -146,3 +146,45 @@ fn train_names_a_missing_file_or_bad_key_before_loading() {
     assert!(!out.join("metrics.jsonl").exists(), "nothing trained");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The same run on 2 ranks under torchrun (the CPU development backend) records what 1 process
+/// records: the same rollouts' rewards and lengths, and evaluation of the same weights.
+#[test]
+fn train_under_torchrun_matches_one_process() {
+    let (dir, config, out) = setup("torchrun");
+    let o = icpo_train(&config, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let one = metrics(&out);
+    let out2 = dir.join("run2");
+    let torchrun = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/torchrun");
+    let o = Command::new(torchrun)
+        .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_icpo"))
+        .args(["train", "--plain", "--config"])
+        .arg(&config)
+        .arg("--set")
+        .arg(format!("trainer.output_dir={:?}", out2.display().to_string()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("data parallel over 2 ranks"), "{stderr}");
+    assert_eq!(stderr.matches("2 training problems").count(), 1, "rank 0 alone speaks: {stderr}");
+    let two = metrics(&out2);
+    assert_eq!(two.len(), one.len(), "rank 0 alone writes metrics.jsonl");
+    for (a, b) in one.iter().zip(&two) {
+        for key in [
+            "reward/on_policy_mean",
+            "reward/ief_mean",
+            "response_length/mean",
+            "ief/acceptance_rate",
+        ] {
+            assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+        }
+        assert_eq!(b["perf/world_size"].as_f64(), Some(2.0));
+        let (x, y) = (a["actor/pg_loss"].as_f64().unwrap(), b["actor/pg_loss"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "actor/pg_loss: {x} vs {y}");
+    }
+    assert!(out2.join("step_000003/policy/model.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
