@@ -86,7 +86,7 @@ fn main() -> Result<()> {
     let parity = Scorer::Tokens(Box::new(|_: &str, tokens: &[i64]| (tokens.len() % 2) as f64));
     let mut trainer = Trainer::new(cfg, policy, None, tokenizer, Vec::new(), None, parity)?;
     trainer.eos_token_ids = eos;
-    let group = icpo::dist::init_from_env(std::time::Duration::from_secs(600))?;
+    let group = icpo::dist::init_from_env(std::time::Duration::from_secs(600), false)?;
     let world_size = group.world_size();
     if world_size > 1 {
         trainer.set_process_group(group)?;

@@ -7,7 +7,10 @@ use std::path::Path;
 fn main() {
     icpo_build::link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(icpo_c10d)");
-    println!("cargo:rerun-if-changed=csrc/store.cpp");
+    println!("cargo::rustc-check-cfg=cfg(icpo_nccl)");
+    for f in ["csrc/store.cpp", "csrc/store.h", "csrc/nccl.cpp"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -30,4 +33,30 @@ fn main() {
         .warnings(false)
         .compile("icpo_c10d");
     println!("cargo:rustc-cfg=icpo_c10d");
+    // NCCL: the wheel's nccl.h and CUDA headers (with CCCL's and crt/, which
+    // scripts/setup-libtorch installs), beside the torch package.
+    let torch_dir = root.canonicalize().unwrap_or_else(|_| root.clone());
+    let nvidia = torch_dir.parent().map(|p| p.join("nvidia")).unwrap_or_default();
+    let (cuda, nccl) = (nvidia.join("cu13/include"), nvidia.join("nccl/include"));
+    println!("cargo:rerun-if-changed={}", cuda.join("nv/target").display());
+    if !(cuda.join("nv/target").exists()
+        && cuda.join("crt/host_config.h").exists()
+        && nccl.join("nccl.h").exists())
+    {
+        println!("cargo:warning=no CUDA/NCCL headers under {}: icpo-dist built without NCCL (scripts/setup-libtorch installs them)", nvidia.display());
+        return;
+    }
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/nccl.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include(&cuda)
+        .include(&nccl)
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .opt_level(2)
+        .warnings(false)
+        .compile("icpo_nccl");
+    println!("cargo:rustc-cfg=icpo_nccl");
 }

@@ -3,7 +3,7 @@
 // Errors cross as malloc'd messages (freed with icpo_dist_free), never as exceptions; a wait
 // that times out is reported with the code 1 so the caller can name the rank it waited for.
 
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include "store.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -34,9 +34,7 @@ char* guarded(F f) {
   }
 }
 
-struct Store {
-  c10::intrusive_ptr<c10d::TCPStore> store;
-};
+using icpo_dist::Store;
 
 }  // namespace
 

@@ -18,6 +18,10 @@ pub trait ProcessGroup: Send + Sync {
     fn rank(&self) -> usize;
     /// Processes in the job.
     fn world_size(&self) -> usize;
+    /// This process's rank on its node (the GPU to use): its rank unless the launcher said.
+    fn local_rank(&self) -> usize {
+        self.rank()
+    }
     /// Every rank's `data`, in rank order.
     fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>>;
 
@@ -143,6 +147,7 @@ impl ProcessGroup for Single {
 pub struct StoreGroup {
     store: TcpStore,
     rank: usize,
+    local_rank: usize,
     world: usize,
     timeout: Duration,
     seq: AtomicU64,
@@ -169,6 +174,7 @@ impl StoreGroup {
         let group = StoreGroup {
             store,
             rank: env.rank,
+            local_rank: env.local_rank,
             world: env.world_size,
             timeout,
             seq: AtomicU64::new(0),
@@ -179,6 +185,11 @@ impl StoreGroup {
         };
         group.barrier("start-up")?;
         Ok(group)
+    }
+
+    /// The store the collectives go through.
+    pub fn tcp_store(&self) -> &TcpStore {
+        &self.store
     }
 
     fn key(&self, seq: u64, rank: usize) -> String {
@@ -207,6 +218,9 @@ impl ProcessGroup for StoreGroup {
     }
     fn world_size(&self) -> usize {
         self.world
+    }
+    fn local_rank(&self) -> usize {
+        self.local_rank
     }
     fn collective_seconds(&self) -> f64 {
         self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9

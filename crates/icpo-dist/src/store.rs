@@ -50,7 +50,7 @@ mod ffi {
         fn icpo_store_delete(store: *mut c_void, key: *const c_char) -> *mut c_char;
     }
 
-    fn check(err: *mut c_char) -> Result<()> {
+    pub(crate) fn check(err: *mut c_char) -> Result<()> {
         if err.is_null() {
             return Ok(());
         }
@@ -69,7 +69,7 @@ mod ffi {
     }
 
     /// An open store; closed on drop.
-    pub(crate) struct Handle(*mut c_void);
+    pub(crate) struct Handle(pub(crate) *mut c_void);
 
     // SAFETY: TCPStore is used from one thread at a time here (the owner holds `&mut` or the
     // group's lock), and c10d's TCPStore client itself serialises its socket.
@@ -183,6 +183,12 @@ mod ffi {
     }
 }
 
+/// An error message from the C interface (null: success), for the NCCL shim.
+#[cfg(icpo_nccl)]
+pub(crate) fn ffi_check(err: *mut std::ffi::c_char) -> Result<()> {
+    ffi::check(err)
+}
+
 /// A connection to the job's TCPStore (rank 0 serves it).
 pub struct TcpStore {
     handle: ffi::Handle,
@@ -220,5 +226,11 @@ impl TcpStore {
     /// Deletes `key` (no error when absent).
     pub fn delete(&self, key: &str) -> Result<()> {
         self.handle.delete(key)
+    }
+
+    /// The C++ store, for the NCCL process group made over it.
+    #[cfg(icpo_nccl)]
+    pub(crate) fn raw(&self) -> *mut std::ffi::c_void {
+        self.handle.0
     }
 }

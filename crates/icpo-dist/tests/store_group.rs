@@ -173,3 +173,35 @@ fn a_dead_rank_is_named_within_the_timeout() {
     );
     assert!(elapsed < Duration::from_secs(30), "no hang: {elapsed:?}");
 }
+
+/// The NCCL backend is compiled and linked in (the CUDA/NCCL headers come with
+/// scripts/setup-libtorch), and without a GPU it refuses with a clear error instead of
+/// crashing. A 2-GPU equality run is in scripts/gpu-check.
+#[test]
+fn nccl_backend_is_built_and_fails_clearly_without_gpus() {
+    assert!(icpo_dist::NcclGroup::available(), "built without NCCL: run scripts/setup-libtorch");
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let env = DistEnv {
+        rank: 0,
+        local_rank: 0,
+        world_size: 1,
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+        agent_store: false,
+        restart: 0,
+    };
+    match icpo_dist::NcclGroup::connect(&env, Duration::from_secs(20)) {
+        Err(e) => {
+            let msg = e.to_string().to_lowercase();
+            assert!(msg.contains("gpu") || msg.contains("cuda") || msg.contains("nccl"), "{e}");
+        }
+        Ok(g) => {
+            // Constructed lazily: CPU tensors still reduce (through the store).
+            let mut t = vec![Tensor::from_slice(&[1.0f32, 2.0])];
+            g.all_reduce_sum("a CPU tensor", &mut t).unwrap();
+            assert_eq!(Vec::<f32>::try_from(&t[0]).unwrap(), [1.0, 2.0]);
+        }
+    }
+}

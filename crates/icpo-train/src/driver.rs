@@ -181,9 +181,16 @@ impl Trainer {
             }
         }
         // Launched by torchrun: join the job first, so a missing rank fails before any loading.
-        let group = icpo_dist::init_from_env(std::time::Duration::from_secs_f64(
-            cfg.trainer.dist_timeout_s,
-        ))?;
+        // On GPUs NCCL carries the gradients, and each rank takes the GPU of its local rank.
+        let gpu = cfg.model.device.starts_with("cuda");
+        let group = icpo_dist::init_from_env(
+            std::time::Duration::from_secs_f64(cfg.trainer.dist_timeout_s),
+            gpu,
+        )?;
+        let mut cfg = cfg;
+        if group.world_size() > 1 && cfg.model.device == "cuda" {
+            cfg.model.device = format!("cuda:{}", group.local_rank());
+        }
         let evaluation = PeriodicEval::from_config(&cfg)?;
         let policy = CausalLm::load(&cfg.model.path, cfg.model.load_options()?)?;
         let reference = if cfg.loss.kl_coef > 0.0 {
