@@ -26,11 +26,15 @@ fn every_crate_packages_for_crates_io_in_order() {
         log.find(&format!("Uploading {name} v"))
             .unwrap_or_else(|| panic!("{name} not uploaded in the dry run:\n{log}"))
     };
-    let deps: [(&str, &[&str]); 6] = [
+    let deps: [(&str, &[&str]); 7] = [
+        ("icpo-dist", &["icpo-build"]),
         ("icpo-loss", &["icpo-core", "icpo-build"]),
         ("icpo-policy", &["icpo-build"]),
         ("icpo-rollout", &["icpo-policy"]),
-        ("icpo-train", &["icpo-policy", "icpo-rollout", "icpo-loss", "icpo-core", "icpo-verify"]),
+        (
+            "icpo-train",
+            &["icpo-policy", "icpo-rollout", "icpo-loss", "icpo-core", "icpo-verify", "icpo-dist"],
+        ),
         ("icpo", &["icpo-train", "icpo-verify"]),
         ("icpo-cli", &["icpo-train", "icpo-rollout", "icpo-verify"]),
     ];
