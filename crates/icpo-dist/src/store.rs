@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::error::Result;
 
 /// What a wait for a key came to.
+#[cfg_attr(not(icpo_c10d), allow(dead_code))] // built without c10d: never made
 pub(crate) enum Got {
     /// The key's value.
     Value(Vec<u8>),
