@@ -63,7 +63,8 @@ fn rank_entry() {
     let env = DistEnv::from_env().unwrap().unwrap();
     let pid = std::process::id();
     let mut t = trainer(run_config(&format!("icpo-dp-{scenario}-rank{}-{pid}", env.rank)), "e");
-    let group = StoreGroup::connect(&env, Duration::from_secs(120)).unwrap();
+    let timeout = if scenario == "dies" { 3 } else { 120 };
+    let group = StoreGroup::connect(&env, Duration::from_secs(timeout)).unwrap();
     t.set_process_group(Arc::new(group)).unwrap();
     let name = format!("{scenario}-rank{}", env.rank);
     match scenario.as_str() {
@@ -79,12 +80,34 @@ fn rank_entry() {
             assert_eq!(t.step(), (STEPS - 1) as u64);
             train_and_save(&mut t, &dir, &name, 1);
         }
+        "dies" => {
+            t.train_step().unwrap();
+            if env.rank == 1 {
+                // Gone in the middle of the run, as a killed process.
+                std::process::exit(0);
+            }
+            let e = t.train_step().unwrap_err().to_string();
+            eprintln!("rank 0 stopped: {e}");
+            std::process::exit(3);
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
 
 /// Starts ranks 0 and 1 of `scenario`; `meanwhile` runs in this process while they do.
 fn two_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) {
+    for (rank, o) in spawn_ranks(dir, scenario, meanwhile).into_iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "{scenario} rank {rank}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// The outputs of ranks 0 and 1 of `scenario`.
+fn spawn_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) -> Vec<std::process::Output> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let children: Vec<_> = (0..2)
         .map(|rank| {
@@ -106,15 +129,7 @@ fn two_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) {
         })
         .collect();
     meanwhile();
-    for (rank, c) in children.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "{scenario} rank {rank}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
 }
 
 /// `‖a − b‖ / ‖b‖` ≤ 1e-5 for every weight.
@@ -185,5 +200,23 @@ fn two_ranks_train_like_one_process_and_checkpoints_cross_world_sizes() {
     assert_eq!(resumed.step(), (STEPS - 1) as u64);
     train_and_save(&mut resumed, &dir, "resumed-1process", 1);
     assert_close(&load(&dir, "resumed-1process"), &one, "2-rank checkpoint resumed in 1 process");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A rank killed in the middle of a run makes the other stop within the timeout (3 s here),
+/// naming it and the collective it never reached.
+#[test]
+fn a_rank_killed_mid_run_stops_the_other_naming_it() {
+    let dir = std::env::temp_dir().join(format!("icpo-dp-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t0 = std::time::Instant::now();
+    let outs = spawn_ranks(&dir, "dies", || {});
+    let stderr = String::from_utf8_lossy(&outs[0].stderr);
+    assert_eq!(outs[0].status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("rank 0 stopped") && stderr.contains("rank 1 did not reach"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "no hang: {:?}", t0.elapsed());
     std::fs::remove_dir_all(&dir).unwrap();
 }
