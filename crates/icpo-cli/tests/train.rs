@@ -182,9 +182,17 @@ fn train_under_torchrun_matches_one_process() {
             assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
         }
         assert_eq!(b["perf/world_size"].as_f64(), Some(2.0));
+        // Each rank graded its share of the benchmark: the same verdicts as one process.
+        assert_eq!(
+            a.get("eval/tinybench/accuracy"),
+            b.get("eval/tinybench/accuracy"),
+            "{a} vs {b}"
+        );
         let (x, y) = (a["actor/pg_loss"].as_f64().unwrap(), b["actor/pg_loss"].as_f64().unwrap());
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "actor/pg_loss: {x} vs {y}");
     }
     assert!(out2.join("step_000003/policy/model.safetensors").exists());
+    let graded = std::fs::read_to_string(out2.join("eval/step_000003/tinybench.jsonl")).unwrap();
+    assert_eq!(graded.lines().count(), 2, "rank 0 writes every rank's verdicts: {graded}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,6 +30,12 @@ pub(crate) fn shard(n: usize, rank: usize, world: usize) -> (usize, usize) {
     (rank * per, (rank + 1) * per)
 }
 
+/// `[lo, hi)` of rank `rank`'s share of `n` items that need not divide evenly (benchmarks).
+pub(crate) fn shard_uneven(n: usize, rank: usize, world: usize) -> (usize, usize) {
+    let world = world.max(1);
+    (n * rank / world, n * (rank + 1) / world)
+}
+
 /// Every rank's `local` values, concatenated in rank order.
 pub(crate) fn gather_f64(g: &dyn ProcessGroup, what: &str, local: &[f64]) -> Result<Vec<f64>> {
     if g.world_size() == 1 {
@@ -115,5 +121,7 @@ mod tests {
         assert_eq!(shard(8, 0, 1), (0, 8));
         assert_eq!((shard(8, 0, 2), shard(8, 1, 2)), ((0, 4), (4, 8)));
         assert_eq!(shard(6, 2, 3), (4, 6));
+        let parts: Vec<(usize, usize)> = (0..3).map(|r| shard_uneven(7, r, 3)).collect();
+        assert_eq!(parts, [(0, 2), (2, 4), (4, 7)]);
     }
 }

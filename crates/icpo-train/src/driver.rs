@@ -123,16 +123,39 @@ impl PeriodicEval {
         if let Some(d) = &dir {
             std::fs::create_dir_all(d).map_err(crate::error::io_err(d))?;
         }
+        // Data parallel: each rank grades its share of every benchmark (the samples it would
+        // draw in the whole one), and the verdicts are gathered.
+        let g = trainer.process_group();
         for (name, problems) in &self.sets {
-            let r = evaluate(
+            let (lo, hi) =
+                crate::data_parallel::shard_uneven(problems.len(), g.rank(), g.world_size());
+            let cfg = EvalConfig { first_prompt: lo, ..self.config.clone() };
+            let mut r = evaluate(
                 &trainer.policy,
                 &trainer.tokenizer,
                 &builder,
-                problems,
+                &problems[lo..hi],
                 self.reward.as_ref(),
                 &trainer.eos_token_ids,
-                &self.config,
+                &cfg,
             )?;
+            if g.world_size() > 1 {
+                let mine = serde_json::to_vec(&r.responses)
+                    .map_err(|e| TrainError::Aborted(e.to_string()))?;
+                let mut all = Vec::new();
+                for part in g.all_gather_bytes("evaluation verdicts", &mine)? {
+                    let graded: Vec<crate::eval::Graded> = serde_json::from_slice(&part)
+                        .map_err(|e| TrainError::Aborted(e.to_string()))?;
+                    all.extend(graded);
+                }
+                r.accuracy = if all.is_empty() {
+                    0.0
+                } else {
+                    all.iter().map(|x| x.reward).sum::<f64>() / all.len() as f64
+                };
+                r.problems = problems.len();
+                r.responses = all;
+            }
             metrics.insert(format!("eval/{name}/accuracy"), r.accuracy);
             if let Some(d) = &dir {
                 write_responses(&d.join(format!("{name}.jsonl")), name, &r)?;

@@ -19,6 +19,9 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Engine bound on tokens in flight.
     pub engine: EngineConfig,
+    /// Global index of `problems[0]` when they are one rank's shard of a benchmark, so each
+    /// sample draws what it would in the whole benchmark (0 otherwise).
+    pub first_prompt: usize,
 }
 
 impl Default for EvalConfig {
@@ -33,12 +36,13 @@ impl Default for EvalConfig {
             samples: 1,
             seed: 0,
             engine: EngineConfig::default(),
+            first_prompt: 0,
         }
     }
 }
 
 /// One graded response (written to the responses JSONL so the grading can be audited).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Graded {
     /// Problem id.
     pub id: String,
@@ -87,7 +91,7 @@ pub fn evaluate(
         params: &cfg.sampling,
         eos_token_ids,
         seed: cfg.seed,
-        first_prompt: 0,
+        first_prompt: cfg.first_prompt,
     };
     let out = generate(policy, &req, None, &cfg.engine)?;
     let texts: Vec<String> = out
