@@ -14,26 +14,7 @@
 
 namespace {
 
-char* error_copy(const std::string& msg) {
-  char* p = static_cast<char*>(std::malloc(msg.size() + 1));
-  if (p) std::memcpy(p, msg.c_str(), msg.size() + 1);
-  return p;
-}
-
-template <typename F>
-char* guarded(F f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return error_copy(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return error_copy(e.what());
-  } catch (...) {
-    return error_copy("unknown C++ exception");
-  }
-}
-
+using icpo_dist::guarded;
 using icpo_dist::Store;
 
 }  // namespace

@@ -31,28 +31,38 @@ pub trait ProcessGroup: Send + Sync {
         0.0
     }
 
+    /// Every rank's `values`, in rank order (one vector per rank).
+    fn all_gather_f64(&self, what: &str, values: &[f64]) -> Result<Vec<Vec<f64>>> {
+        if self.world_size() == 1 {
+            return Ok(vec![values.to_vec()]);
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let decode = |b: &[u8]| {
+            b.chunks_exact(8)
+                .map(|c| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    f64::from_le_bytes(a)
+                })
+                .collect()
+        };
+        Ok(self.all_gather_bytes(what, &bytes)?.iter().map(|b| decode(b)).collect())
+    }
+
     /// Sums `values` over the ranks, in place, adding in rank order (the same result on every
     /// rank).
     fn all_reduce_f64(&self, what: &str, values: &mut [f64]) -> Result<()> {
         if self.world_size() == 1 {
             return Ok(());
         }
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let all = self.all_gather_bytes(what, &bytes)?;
-        for (r, b) in all.iter().enumerate() {
-            if b.len() != bytes.len() {
-                return Err(mismatch(r, self.rank(), what, b.len() / 8, values.len()));
+        let all = self.all_gather_f64(what, values)?;
+        for (r, v) in all.iter().enumerate() {
+            if v.len() != values.len() {
+                return Err(mismatch(r, self.rank(), what, v.len(), values.len()));
             }
         }
         for (i, v) in values.iter_mut().enumerate() {
-            *v = all
-                .iter()
-                .map(|b| {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&b[8 * i..8 * i + 8]);
-                    f64::from_le_bytes(a)
-                })
-                .sum();
+            *v = all.iter().map(|part| part[i]).sum();
         }
         Ok(())
     }

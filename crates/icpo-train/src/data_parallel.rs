@@ -36,23 +36,6 @@ pub(crate) fn shard_uneven(n: usize, rank: usize, world: usize) -> (usize, usize
     (n * rank / world, n * (rank + 1) / world)
 }
 
-/// Every rank's `local` values, concatenated in rank order.
-pub(crate) fn gather_f64(g: &dyn ProcessGroup, what: &str, local: &[f64]) -> Result<Vec<f64>> {
-    if g.world_size() == 1 {
-        return Ok(local.to_vec());
-    }
-    let bytes: Vec<u8> = local.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut out = Vec::new();
-    for part in g.all_gather_bytes(what, &bytes)? {
-        out.extend(part.chunks_exact(8).map(|c| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            f64::from_le_bytes(a)
-        }));
-    }
-    Ok(out)
-}
-
 /// Sums maps of metrics over ranks (a key missing on a rank counts 0 there).
 pub(crate) fn sum_maps(g: &dyn ProcessGroup, what: &str, local: &Metrics) -> Result<Metrics> {
     if g.world_size() == 1 {

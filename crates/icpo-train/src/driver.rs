@@ -270,33 +270,28 @@ impl Trainer {
         format: Option<std::sync::Arc<dyn icpo_rollout::PromptFormat>>,
     ) -> Result<()> {
         let old = std::mem::replace(&mut self.prompt_format, format);
-        let kept = {
-            let builder = self.prompt_builder();
-            let max = self.cfg.data.max_prompt_tokens;
-            let mut kept = Vec::with_capacity(self.problems.len());
-            let mut check = || -> Result<()> {
-                for p in &self.problems {
-                    let len = self.tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len();
-                    if len <= max {
-                        kept.push(p.clone());
-                    }
-                }
-                if kept.is_empty() && !self.problems.is_empty() {
-                    return Err(TrainError::Config {
-                        key: "data.max_prompt_tokens".into(),
-                        message: format!(
-                            "in the new prompt format every one of the {} problems is longer than {max} tokens",
-                            self.problems.len()
-                        ),
-                    });
-                }
-                Ok(())
-            };
-            check().map(|()| kept)
-        };
+        let max = self.cfg.data.max_prompt_tokens;
+        let total = self.problems.len();
+        let kept = crate::trainer::fitting_prompts(
+            &self.prompt_builder(),
+            &self.tokenizer,
+            self.problems.clone(),
+            max,
+        )
+        .and_then(|kept| {
+            if kept.is_empty() && total > 0 {
+                return Err(TrainError::Config {
+                    key: "data.max_prompt_tokens".into(),
+                    message: format!(
+                        "in the new prompt format every one of the {total} problems is longer than {max} tokens"
+                    ),
+                });
+            }
+            Ok(kept)
+        });
         match kept {
             Ok(kept) => {
-                self.dropped_overlong += self.problems.len() - kept.len();
+                self.dropped_overlong += total - kept.len();
                 self.problems = kept;
                 Ok(())
             }

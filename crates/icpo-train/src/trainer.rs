@@ -125,6 +125,22 @@ pub(crate) fn micro_batch_weight(
     }
 }
 
+/// The problems whose plain prompt from `builder` takes at most `max` tokens, in order.
+pub(crate) fn fitting_prompts(
+    builder: &icpo_rollout::PromptBuilder<'_>,
+    tokenizer: &Tokenizer,
+    problems: Vec<Problem>,
+    max: usize,
+) -> Result<Vec<Problem>> {
+    let mut kept = Vec::with_capacity(problems.len());
+    for p in problems {
+        if tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len() <= max {
+            kept.push(p);
+        }
+    }
+    Ok(kept)
+}
+
 fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
     // SplitMix-style mixing: distinct streams per (step, purpose).
     let mut z =
@@ -184,18 +200,13 @@ impl Trainer {
         // Over-long prompts are dropped here, once, as verl's `filter_overlong_prompts` does,
         // instead of stopping the run (and every resume) when one is drawn.
         let total = problems.len();
-        let problems = {
-            let builder = cfg.data.prompt_builder(&tokenizer);
-            // (A format set later with `set_prompt_format` filters again.)
-            let mut kept = Vec::with_capacity(problems.len());
-            for p in problems {
-                let len = tokenizer.encode(&builder.plain_text(&p.problem)?, false)?.len();
-                if len <= cfg.data.max_prompt_tokens {
-                    kept.push(p);
-                }
-            }
-            kept
-        };
+        // (A format set later with `set_prompt_format` filters again.)
+        let problems = fitting_prompts(
+            &cfg.data.prompt_builder(&tokenizer),
+            &tokenizer,
+            problems,
+            cfg.data.max_prompt_tokens,
+        )?;
         let dropped_overlong = total - problems.len();
         if total > 0 && problems.is_empty() {
             return Err(TrainError::Config {

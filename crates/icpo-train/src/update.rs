@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::batch::{pad, unpad, Trajectory};
-use crate::data_parallel::{gather_f64, sum_maps};
+use crate::data_parallel::sum_maps;
 use crate::error::{Result, TrainError};
 use crate::optim::AdamW;
 use crate::trainer::{micro_batch_weight, Metrics, Trainer};
@@ -79,9 +79,9 @@ impl Trainer {
         let (all_lens, offset) = if world == 1 {
             (local_lens, 0)
         } else {
-            let counts = gather_f64(group.as_ref(), "trajectory counts", &[trajs.len() as f64])?;
+            let counts = group.all_gather_f64("trajectory counts", &[trajs.len() as f64])?.concat();
             let offset = counts[..group.rank()].iter().sum::<f64>() as usize;
-            (gather_f64(group.as_ref(), "trajectory lengths", &local_lens)?, offset)
+            (group.all_gather_f64("trajectory lengths", &local_lens)?.concat(), offset)
         };
         let n_global = all_lens.len();
         // With one update per step, π_old is the current policy at that update: its log-probs
@@ -234,50 +234,57 @@ impl Trainer {
         let train_s = t_train.elapsed().as_secs_f64();
 
         // Phase 7: metrics.
+        if world > 1 {
+            // The rollout half's metrics (the update's are global already): error counts add
+            // up, the rest are means over ranks.
+            let summed = sum_maps(group.as_ref(), "rollout metrics", &m)?;
+            for (k, v) in summed {
+                let v = if k == "reward/errors" { v } else { v / world as f64 };
+                m.insert(k, v);
+            }
+        }
         for (k, v) in sums {
             m.insert(k, if n_updates > 0.0 { v / n_updates } else { f64::NAN });
         }
         let mean =
             |xs: &[f64]| if xs.is_empty() { 0.0 } else { xs.iter().sum::<f64>() / xs.len() as f64 };
         // The whole batch's values, gathered from every rank.
-        let g_ = group.as_ref();
         let rollouts = || batch.on_policy.iter().chain(&batch.ief).map(|(r, _)| r);
         let local_new_tokens: f64 = rollouts().map(|r| r.tokens.len() as f64).sum();
-        let lens = gather_f64(
-            g_,
-            "response lengths",
-            &rollouts().map(|r| r.tokens.len() as f64).collect::<Vec<_>>(),
-        )?;
-        let clipped = gather_f64(
-            g_,
-            "clipped responses",
-            &[rollouts().filter(|r| r.finish_reason == FinishReason::Length).count() as f64],
-        )?
-        .iter()
-        .sum::<f64>();
-        let ief_accepted_rewards = gather_f64(
-            g_,
-            "accepted IEF rewards",
-            &trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect::<Vec<_>>(),
-        )?;
-        let shaped = gather_f64(
-            g_,
-            "shaped rewards",
-            &trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>(),
-        )?;
-        let on_r = gather_f64(g_, "on-policy rewards", &on_r)?;
-        let ief_r = gather_f64(g_, "IEF rewards", &ief_r)?;
-        let accepted =
-            gather_f64(g_, "accepted IEF rollouts", &[batch.accepted as f64])?.iter().sum::<f64>();
+        let lens = group
+            .all_gather_f64(
+                "response lengths",
+                &rollouts().map(|r| r.tokens.len() as f64).collect::<Vec<_>>(),
+            )?
+            .concat();
+        let clipped = group
+            .all_gather_f64(
+                "clipped responses",
+                &[rollouts().filter(|r| r.finish_reason == FinishReason::Length).count() as f64],
+            )?
+            .concat()
+            .iter()
+            .sum::<f64>();
+        let ief_accepted_rewards = group
+            .all_gather_f64(
+                "accepted IEF rewards",
+                &trajs.iter().filter(|t| t.is_ief).map(|t| t.reward).collect::<Vec<_>>(),
+            )?
+            .concat();
+        let shaped = group
+            .all_gather_f64(
+                "shaped rewards",
+                &trajs.iter().map(|t| t.shaped_reward).collect::<Vec<_>>(),
+            )?
+            .concat();
+        let on_r = group.all_gather_f64("on-policy rewards", &on_r)?.concat();
+        let ief_r = group.all_gather_f64("IEF rewards", &ief_r)?.concat();
+        let accepted = group
+            .all_gather_f64("accepted IEF rollouts", &[batch.accepted as f64])?
+            .concat()
+            .iter()
+            .sum::<f64>();
         let prompts = batch.prompts * world;
-        if world > 1 {
-            // The rollout half's metrics: error counts add up, the rest are means over ranks.
-            let summed = sum_maps(g_, "rollout metrics", &m)?;
-            for (k, v) in summed {
-                let v = if k == "reward/errors" { v } else { v / world as f64 };
-                m.insert(k, v);
-            }
-        }
         m.insert("step".into(), self.step as f64);
         m.insert("epoch".into(), self.cursor.epoch as f64);
         m.insert("reward/mean".into(), mean(&shaped));
