@@ -1,6 +1,6 @@
 // The C interface of icpo-dist to c10d's ProcessGroupNCCL, the backend DDP and FSDP use on
-// GPUs: made over the job's TCPStore (prefixed, as torch.distributed does), sum-all-reduce of
-// one CUDA tensor in place. Compiled only where the CUDA and NCCL headers are (build.rs).
+// GPUs: made over the job's TCPStore (prefixed, as torch.distributed does): sum-all-reduce of
+// one CUDA tensor in place, reduce-scatter and all-gather (the sharded optimiser's). Compiled only where the CUDA and NCCL headers are (build.rs).
 
 #define USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -47,6 +47,24 @@ char* icpo_nccl_all_reduce_sum(void* pg, at::Tensor* t) {
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
     static_cast<Nccl*>(pg)->pg->allreduce(ts, opts)->wait();
+  });
+}
+
+// Reduce-scatter: `in` (world × out elements) summed over the ranks, this rank's slice into
+// `out`; both CUDA, contiguous, of one dtype. Waits for it.
+char* icpo_nccl_reduce_scatter_sum(void* pg, at::Tensor* out, at::Tensor* in) {
+  return guarded([&] {
+    c10d::ReduceScatterOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    static_cast<Nccl*>(pg)->pg->_reduce_scatter_base(*out, *in, opts)->wait();
+  });
+}
+
+// All-gather: every rank's `in`, in rank order, into `out` (world × in elements). Waits.
+char* icpo_nccl_all_gather(void* pg, at::Tensor* out, at::Tensor* in) {
+  return guarded([&] {
+    c10d::AllgatherOptions opts;
+    static_cast<Nccl*>(pg)->pg->_allgather_base(*out, *in, opts)->wait();
   });
 }
 

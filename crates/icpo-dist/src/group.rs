@@ -93,6 +93,107 @@ pub trait ProcessGroup: Send + Sync {
         Ok(())
     }
 
+    /// What every rank sent this one: `parts[d]` goes to rank `d`; the result holds, in rank
+    /// order, each rank's part for this rank. `parts` has one entry per rank.
+    fn all_to_all_bytes(&self, what: &str, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        let world = self.world_size();
+        if parts.len() != world {
+            return Err(mismatch(self.rank(), self.rank(), what, parts.len(), world));
+        }
+        if world == 1 {
+            return Ok(parts.to_vec());
+        }
+        // Through all-gather: every rank receives every part (backends override this).
+        let mut framed = Vec::new();
+        for p in parts {
+            framed.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            framed.extend_from_slice(p);
+        }
+        let me = self.rank();
+        let mut out = Vec::with_capacity(world);
+        for (r, all) in self.all_gather_bytes(what, &framed)?.iter().enumerate() {
+            let mut at = 0usize;
+            let mut mine = None;
+            for d in 0..world {
+                let len = all
+                    .get(at..at + 8)
+                    .and_then(|h| h.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .ok_or_else(|| {
+                        DistError::Store(format!("`{what}`: malformed parts from rank {r}"))
+                    })? as usize;
+                let body = all.get(at + 8..at + 8 + len).ok_or_else(|| {
+                    DistError::Store(format!("`{what}`: short parts from rank {r}"))
+                })?;
+                if d == me {
+                    mine = Some(body.to_vec());
+                }
+                at += 8 + len;
+            }
+            out.push(mine.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Reduce-scatter: `input` (any shape, `world_size · k` elements) is summed over the ranks
+    /// and this rank receives its `k`-element slice, the `rank`-th, into `output` (`k`
+    /// elements, any float kind). Sums are taken in f64 in rank order, so every backend that
+    /// keeps this default gives every world size the same rounding up to that order.
+    fn reduce_scatter_sum(&self, what: &str, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        let world = self.world_size() as i64;
+        let k = output.numel() as i64;
+        if input.numel() as i64 != world * k {
+            return Err(DistError::Mismatch {
+                rank: self.rank(),
+                me: self.rank(),
+                what: format!("`{what}`: input elements vs world_size × output elements"),
+                theirs: input.numel().to_string(),
+                ours: format!("{world} × {k}"),
+            });
+        }
+        let rows = input.f_reshape([world, k])?.f_to_device(tch::Device::Cpu)?;
+        let parts: Vec<Vec<u8>> =
+            (0..world).map(|d| tensor_bytes(&rows.f_get(d)?)).collect::<Result<_>>()?;
+        let got = self.all_to_all_bytes(what, &parts)?;
+        let mut sum = Tensor::f_zeros([k], (Kind::Double, tch::Device::Cpu))?;
+        for (r, bytes) in got.iter().enumerate() {
+            let part = tensor_from_bytes(bytes, input.kind(), k)
+                .map_err(|e| DistError::Store(format!("`{what}`: rank {r}'s part: {e}")))?;
+            let _ = sum.f_add_(&part.f_to_kind(Kind::Double)?)?;
+        }
+        let sum = sum.f_to_kind(output.kind())?.f_to_device(output.device())?;
+        output.f_copy_(&sum.f_view(output.size().as_slice())?)?;
+        Ok(())
+    }
+
+    /// All-gather: every rank's `input` (`k` elements), in rank order, into `output`
+    /// (`world_size · k` elements of the same kind), exactly (no arithmetic).
+    fn all_gather_into(&self, what: &str, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        let world = self.world_size() as i64;
+        let k = input.numel() as i64;
+        if output.numel() as i64 != world * k || output.kind() != input.kind() {
+            return Err(DistError::Mismatch {
+                rank: self.rank(),
+                me: self.rank(),
+                what: format!("`{what}`: output vs world_size × input"),
+                theirs: format!("{} elements of {:?}", output.numel(), output.kind()),
+                ours: format!("{world} × {k} of {:?}", input.kind()),
+            });
+        }
+        let all = self.all_gather_bytes(what, &tensor_bytes(input)?)?;
+        let parts: Vec<Tensor> = all
+            .iter()
+            .enumerate()
+            .map(|(r, b)| {
+                tensor_from_bytes(b, input.kind(), k)
+                    .map_err(|e| DistError::Store(format!("`{what}`: rank {r}'s part: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let joined = Tensor::f_cat(&parts, 0)?.f_to_device(output.device())?;
+        output.f_copy_(&joined.f_view(output.size().as_slice())?)?;
+        Ok(())
+    }
+
     /// `data` of rank `root`, on every rank.
     fn broadcast_bytes(&self, what: &str, data: &[u8], root: usize) -> Result<Vec<u8>> {
         let mine = if self.rank() == root { data } else { &[] };
@@ -121,6 +222,24 @@ pub trait ProcessGroup: Send + Sync {
         }
         Ok(())
     }
+}
+
+/// The bytes of `t` (any device), in its own dtype, row-major.
+pub(crate) fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let flat = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_reshape([-1])?;
+    let n = flat.numel();
+    let mut out = vec![0u8; n * flat.kind().elt_size_in_bytes()];
+    flat.f_copy_data_u8(&mut out, n)?;
+    Ok(out)
+}
+
+/// `k` elements of `kind` from `bytes` (as [`tensor_bytes`] wrote them), on the CPU.
+pub(crate) fn tensor_from_bytes(bytes: &[u8], kind: Kind, k: i64) -> Result<Tensor> {
+    let want = k as usize * kind.elt_size_in_bytes();
+    if bytes.len() != want {
+        return Err(DistError::Store(format!("{} bytes, expected {want}", bytes.len())));
+    }
+    Ok(Tensor::f_from_data_size(bytes, &[k], kind)?)
 }
 
 fn mismatch(rank: usize, me: usize, what: &str, theirs: usize, ours: usize) -> DistError {
@@ -163,8 +282,8 @@ pub struct StoreGroup {
     seq: AtomicU64,
     /// Nanoseconds spent in collectives.
     busy_ns: AtomicU64,
-    /// This rank's recent collectives and their chunk counts, to delete their keys later.
-    chunk_counts: std::sync::Mutex<std::collections::VecDeque<(u64, usize)>>,
+    /// This rank's recent collectives and the keys it set in them, to delete them later.
+    written: std::sync::Mutex<std::collections::VecDeque<(u64, Vec<String>)>>,
     /// Keys of this run (an agent's store outlives restarts).
     prefix: String,
     /// Whether this process serves the store (and must outlive the others' use of it).
@@ -189,7 +308,7 @@ impl StoreGroup {
             timeout,
             seq: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
-            chunk_counts: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            written: std::sync::Mutex::new(std::collections::VecDeque::new()),
             prefix: format!("icpo/{}", env.restart),
             serving: serve,
         };
@@ -237,65 +356,115 @@ impl ProcessGroup for StoreGroup {
     }
 
     fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let t0 = std::time::Instant::now();
-        let out = self.gather(what, data);
-        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
-        out
+        self.timed(|| self.exchange(what, &[data]))
+    }
+
+    /// Each part crosses the store once, to its one reader.
+    fn all_to_all_bytes(&self, what: &str, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        if parts.len() != self.world {
+            return Err(mismatch(self.rank, self.rank, what, parts.len(), self.world));
+        }
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        self.timed(|| self.exchange(what, &refs))
     }
 }
 
 impl StoreGroup {
-    fn gather(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    /// One collective over the store. `outgoing` holds one part for everyone (all-gather) or
+    /// one per destination rank (all-to-all); the result holds each rank's part for this one.
+    fn exchange(&self, what: &str, outgoing: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        // The store takes values of a few MiB at most (libuv backend: 8 MiB): large parts go
-        // in chunks, then a header with their count, so a reader that sees the header finds
-        // every chunk.
-        let chunks: Vec<&[u8]> =
-            if data.is_empty() { vec![] } else { data.chunks(CHUNK).collect() };
-        for (i, c) in chunks.iter().enumerate() {
-            self.store.set(&format!("{}/{i}", self.key(seq, self.rank)), c)?;
+        let to_each = outgoing.len() > 1 || self.world == 1;
+        // Where rank `from`'s part for rank `to` lives.
+        let key = |from: usize, to: usize| {
+            if to_each {
+                format!("{}/to{to}", self.key(seq, from))
+            } else {
+                self.key(seq, from)
+            }
+        };
+        let mut written = Vec::new();
+        let mut own = None;
+        for (d, part) in outgoing.iter().enumerate() {
+            if to_each && d == self.rank {
+                own = Some(part.to_vec());
+                continue;
+            }
+            written.extend(self.put(&key(self.rank, d), part)?);
         }
-        self.store.set(&self.key(seq, self.rank), &(chunks.len() as u64).to_le_bytes())?;
         let mut out = Vec::with_capacity(self.world);
         for r in 0..self.world {
-            let timeout = |seconds: f64| DistError::Timeout {
-                rank: r,
-                me: self.rank,
-                what: format!("{what} (collective #{seq})"),
-                seconds,
-            };
-            let header = match self.store.get(&self.key(seq, r), self.timeout)? {
-                Got::Value(v) => v,
-                Got::TimedOut => return Err(timeout(self.timeout.as_secs_f64())),
-            };
-            let n = header
-                .get(..8)
-                .and_then(|h| h.try_into().ok())
-                .map(u64::from_le_bytes)
-                .ok_or_else(|| DistError::Store(format!("malformed header from rank {r}")))?;
-            let mut part = Vec::new();
-            for i in 0..n {
-                match self.store.get(&format!("{}/{i}", self.key(seq, r)), self.timeout)? {
-                    Got::Value(v) => part.extend_from_slice(&v),
-                    Got::TimedOut => return Err(timeout(self.timeout.as_secs_f64())),
+            if r == self.rank {
+                if let Some(mine) = own.take() {
+                    out.push(mine);
+                    continue;
                 }
             }
-            out.push(part);
+            out.push(self.fetch(&key(r, self.rank), r, what, seq)?);
         }
         // Every rank that set collective `seq - 1` had read all of `seq - 2`.
-        let mut mine = self.chunk_counts.lock().map_err(|_| DistError::Store("poisoned".into()))?;
-        mine.push_back((seq, chunks.len()));
-        while mine.front().is_some_and(|&(s, _)| s + 2 <= seq) {
-            if let Some((old, n)) = mine.pop_front() {
-                let key = self.key(old, self.rank);
-                for i in 0..n {
-                    self.store.delete(&format!("{key}/{i}"))?;
+        let mut mine = self.written.lock().map_err(|_| DistError::Store("poisoned".into()))?;
+        mine.push_back((seq, written));
+        while mine.front().is_some_and(|(s, _)| s + 2 <= seq) {
+            if let Some((_, keys)) = mine.pop_front() {
+                for k in keys {
+                    self.store.delete(&k)?;
                 }
-                self.store.delete(&key)?;
             }
         }
         Ok(out)
+    }
+
+    /// Sets `data` under `key`: the store takes values of a few MiB at most (libuv backend:
+    /// 8 MiB), so large parts go in chunks, then a header with their count, so a reader that
+    /// sees the header finds every chunk. Returns the keys written.
+    fn put(&self, key: &str, data: &[u8]) -> Result<Vec<String>> {
+        let chunks: Vec<&[u8]> =
+            if data.is_empty() { vec![] } else { data.chunks(CHUNK).collect() };
+        let mut keys = Vec::with_capacity(chunks.len() + 1);
+        for (i, c) in chunks.iter().enumerate() {
+            let k = format!("{key}/{i}");
+            self.store.set(&k, c)?;
+            keys.push(k);
+        }
+        self.store.set(key, &(chunks.len() as u64).to_le_bytes())?;
+        keys.push(key.to_string());
+        Ok(keys)
+    }
+
+    /// Reads what rank `from` [`StoreGroup::put`] under `key`, waiting up to the timeout.
+    fn fetch(&self, key: &str, from: usize, what: &str, seq: u64) -> Result<Vec<u8>> {
+        let timeout = || DistError::Timeout {
+            rank: from,
+            me: self.rank,
+            what: format!("{what} (collective #{seq})"),
+            seconds: self.timeout.as_secs_f64(),
+        };
+        let header = match self.store.get(key, self.timeout)? {
+            Got::Value(v) => v,
+            Got::TimedOut => return Err(timeout()),
+        };
+        let n = header
+            .get(..8)
+            .and_then(|h| h.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| DistError::Store(format!("malformed header from rank {from}")))?;
+        let mut part = Vec::new();
+        for i in 0..n {
+            match self.store.get(&format!("{key}/{i}"), self.timeout)? {
+                Got::Value(v) => part.extend_from_slice(&v),
+                Got::TimedOut => return Err(timeout()),
+            }
+        }
+        Ok(part)
+    }
+
+    fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t0 = std::time::Instant::now();
+        let out = f();
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        out
     }
 }
 

@@ -35,6 +35,16 @@ mod ffi {
         ) -> *mut c_char;
         fn icpo_nccl_close(pg: *mut c_void);
         fn icpo_nccl_all_reduce_sum(pg: *mut c_void, t: *mut C_tensor) -> *mut c_char;
+        fn icpo_nccl_reduce_scatter_sum(
+            pg: *mut c_void,
+            out: *mut C_tensor,
+            input: *mut C_tensor,
+        ) -> *mut c_char;
+        fn icpo_nccl_all_gather(
+            pg: *mut c_void,
+            out: *mut C_tensor,
+            input: *mut C_tensor,
+        ) -> *mut c_char;
     }
 
     pub(crate) struct Handle(*mut c_void);
@@ -69,6 +79,28 @@ mod ffi {
         pub(crate) fn all_reduce_sum(&self, t: &mut tch::Tensor) -> Result<()> {
             // SAFETY: `t` is a live tensor; the call reduces it in place and waits.
             crate::store::ffi_check(unsafe { icpo_nccl_all_reduce_sum(self.0, t.as_mut_ptr()) })
+        }
+
+        pub(crate) fn reduce_scatter_sum(
+            &self,
+            out: &mut tch::Tensor,
+            input: &mut tch::Tensor,
+        ) -> Result<()> {
+            // SAFETY: both live, contiguous CUDA tensors (checked by the caller); waits.
+            crate::store::ffi_check(unsafe {
+                icpo_nccl_reduce_scatter_sum(self.0, out.as_mut_ptr(), input.as_mut_ptr())
+            })
+        }
+
+        pub(crate) fn all_gather(
+            &self,
+            out: &mut tch::Tensor,
+            input: &mut tch::Tensor,
+        ) -> Result<()> {
+            // SAFETY: both live, contiguous CUDA tensors (checked by the caller); waits.
+            crate::store::ffi_check(unsafe {
+                icpo_nccl_all_gather(self.0, out.as_mut_ptr(), input.as_mut_ptr())
+            })
         }
     }
 
@@ -134,6 +166,65 @@ impl ProcessGroup for NcclGroup {
     }
     fn all_gather_bytes(&self, what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.store.all_gather_bytes(what, data)
+    }
+
+    fn all_to_all_bytes(&self, what: &str, parts: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+        self.store.all_to_all_bytes(what, parts)
+    }
+
+    /// CUDA tensors through NCCL (summed in their dtype: the sharded optimiser sends f32),
+    /// CPU tensors via the store.
+    fn reduce_scatter_sum(&self, what: &str, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        let cuda = input.device() != Device::Cpu && output.device() != Device::Cpu;
+        if !cuda || !cfg!(icpo_nccl) {
+            return self.store.reduce_scatter_sum(what, input, output);
+        }
+        #[cfg(icpo_nccl)]
+        {
+            let world = self.world_size() as i64;
+            if input.numel() as i64 != world * output.numel() as i64 {
+                return Err(DistError::Store(format!(
+                    "`{what}`: input of {} elements, output of {} on {world} ranks",
+                    input.numel(),
+                    output.numel()
+                )));
+            }
+            let mut input = input.f_contiguous()?.f_to_kind(output.kind())?;
+            let mut out =
+                Tensor::f_empty([output.numel() as i64], (output.kind(), output.device()))?;
+            self.nccl.reduce_scatter_sum(&mut out, &mut input)?;
+            output.f_copy_(&out.f_view(output.size().as_slice())?)?;
+        }
+        Ok(())
+    }
+
+    /// CUDA tensors through NCCL, CPU tensors via the store.
+    fn all_gather_into(&self, what: &str, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        let cuda = input.device() != Device::Cpu && output.device() != Device::Cpu;
+        if !cuda || !cfg!(icpo_nccl) {
+            return self.store.all_gather_into(what, input, output);
+        }
+        #[cfg(icpo_nccl)]
+        {
+            let world = self.world_size() as i64;
+            if output.numel() as i64 != world * input.numel() as i64
+                || output.kind() != input.kind()
+            {
+                return Err(DistError::Store(format!(
+                    "`{what}`: output of {} {:?}, input of {} {:?} on {world} ranks",
+                    output.numel(),
+                    output.kind(),
+                    input.numel(),
+                    input.kind()
+                )));
+            }
+            let mut input = input.f_contiguous()?;
+            let mut out =
+                Tensor::f_empty([output.numel() as i64], (output.kind(), output.device()))?;
+            self.nccl.all_gather(&mut out, &mut input)?;
+            output.f_copy_(&out.f_view(output.size().as_slice())?)?;
+        }
+        Ok(())
     }
 
     /// CUDA tensors through NCCL (flattened into one buffer per kind), others via the store.

@@ -79,6 +79,31 @@ fn rank_entry() {
                     "gather {:?}",
                     all.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>()
                 );
+                // Reduce-scatter: rank r holds (r + 1) · [0, 1, ..., 3w − 1]; the sum is
+                // Σ(r + 1) · i and rank r receives elements [3r, 3r + 3).
+                let w = env.world_size as i64;
+                let input = Tensor::arange(3 * w, (tch::Kind::Float, tch::Device::Cpu)) * (r + 1.0);
+                let mut out = Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
+                g.reduce_scatter_sum("gradient shards", &input, &mut out)?;
+                println!("reduce_scatter {:?}", Vec::<f32>::try_from(&out).unwrap());
+                // All-gather in bf16, exact: rank r's [r, r + 0.5], side by side.
+                let mine =
+                    Tensor::from_slice(&[r as f32, r as f32 + 0.5]).to_kind(tch::Kind::BFloat16);
+                let mut all = Tensor::zeros([2 * w], (tch::Kind::BFloat16, tch::Device::Cpu));
+                g.all_gather_into("weights", &mine, &mut all)?;
+                println!(
+                    "all_gather {:?}",
+                    Vec::<f32>::try_from(&all.to_kind(tch::Kind::Float)).unwrap()
+                );
+                // All-to-all: rank r sends "r->d" to rank d.
+                let parts: Vec<Vec<u8>> = (0..env.world_size)
+                    .map(|d| format!("{}->{d}", g.rank()).into_bytes())
+                    .collect();
+                let got = g.all_to_all_bytes("pairs", &parts)?;
+                println!(
+                    "all_to_all {:?}",
+                    got.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>()
+                );
                 let b =
                     g.broadcast_bytes("config", if g.rank() == 1 { b"from one" } else { b"" }, 1)?;
                 println!("broadcast {}", String::from_utf8_lossy(&b));
@@ -147,6 +172,12 @@ fn collectives_agree_across_processes() {
             let names: Vec<String> = (0..world).map(|r| format!("rank{r}")).collect();
             assert!(t.contains(&format!("gather {names:?}")), "{t}");
             assert!(t.contains("broadcast from one") && t.contains("ok"), "{t}");
+            let mine: Vec<f32> = (0..3).map(|j| k * (3 * rank + j) as f32).collect();
+            assert!(t.contains(&format!("reduce_scatter {mine:?}")), "{t}");
+            let halves: Vec<f32> = (0..world).flat_map(|q| [q as f32, q as f32 + 0.5]).collect();
+            assert!(t.contains(&format!("all_gather {halves:?}")), "{t}");
+            let pairs: Vec<String> = (0..world).map(|q| format!("{q}->{rank}")).collect();
+            assert!(t.contains(&format!("all_to_all {pairs:?}")), "{t}");
         }
     }
 }

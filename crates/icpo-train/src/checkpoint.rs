@@ -12,7 +12,6 @@ use icpo_policy::sync_dir;
 
 use crate::data::Cursor;
 use crate::error::{io_err, write_atomic, Result, TrainError};
-use crate::optim::AdamW;
 use crate::resume_check::{check_config, ConfigChange};
 use crate::rundir::{RunDir, StartMode};
 use crate::trainer::{Metrics, Trainer};
@@ -129,19 +128,50 @@ pub fn resolve_latest(out: &Path) -> Result<PathBuf> {
 }
 
 impl Trainer {
-    /// Writes `out/step_NNNNNN/` (policy/, optimizer.safetensors, trainer_state.json) and
+    /// Writes `out/step_NNNNNN/` (policy/, the optimiser state — `optimizer.safetensors`, or
+    /// `optimizer/` with one file per rank and an index when sharded —, trainer_state.json) and
     /// points `out/latest` at it. `tokenizer_dir` files are copied into policy/ when given via
-    /// `ModelSection.path`.
+    /// `ModelSection.path`. Data parallel: every rank calls it (rank 0 writes all but the
+    /// other ranks' optimiser shards) and it returns once the checkpoint is in place.
     pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf> {
         let name = self.checkpoint_name();
         let tmp_name = format!("{name}.tmp");
         let tmp = out.join(&tmp_name);
+        let main = self.is_main();
+        if main {
+            self.write_policy(&tmp)?;
+        }
+        let params = self.policy.named_weights().into_iter().collect();
+        // Sharded state: each rank writes its file once rank 0 has made the folder.
+        self.optim.save(&tmp, &params, self.group.as_ref())?;
+        if main {
+            let state = TrainerState {
+                step: self.step,
+                cursor: self.cursor,
+                nonfinite_streak: self.nonfinite_streak,
+                config: serde_json::to_value(&self.cfg)
+                    .map_err(|e| TrainError::Aborted(format!("config not serialisable: {e}")))?,
+            };
+            let text = serde_json::to_string_pretty(&state)
+                .map_err(|e| TrainError::Aborted(e.to_string()))?;
+            write_atomic(&tmp.join(STATE_FILE), text.as_bytes())?;
+            sync_dir(&tmp);
+            run_plan(out, &swap_plan(out, &name, &tmp_name), None)?;
+        }
+        if self.group.world_size() > 1 {
+            self.group.barrier("checkpoint written")?;
+        }
+        Ok(out.join(name))
+    }
+
+    /// A fresh `tmp` with the policy (and its tokenizer files) in `tmp/policy`.
+    fn write_policy(&self, tmp: &Path) -> Result<()> {
         if tmp.exists() {
             // A leftover of a crash; never the target of `latest` here (resolve_latest renames
             // a complete one away before a run goes on).
-            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+            std::fs::remove_dir_all(tmp).map_err(io_err(tmp))?;
         }
-        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        std::fs::create_dir_all(tmp).map_err(io_err(tmp))?;
         let policy_dir = tmp.join("policy");
         self.policy.save_pretrained(&policy_dir)?;
         let src = Path::new(&self.cfg.model.path);
@@ -152,20 +182,7 @@ impl Trainer {
             }
         }
         sync_dir(&policy_dir);
-        self.optim.save(&tmp.join("optimizer.safetensors"))?;
-        let state = TrainerState {
-            step: self.step,
-            cursor: self.cursor,
-            nonfinite_streak: self.nonfinite_streak,
-            config: serde_json::to_value(&self.cfg)
-                .map_err(|e| TrainError::Aborted(format!("config not serialisable: {e}")))?,
-        };
-        let text =
-            serde_json::to_string_pretty(&state).map_err(|e| TrainError::Aborted(e.to_string()))?;
-        write_atomic(&tmp.join(STATE_FILE), text.as_bytes())?;
-        sync_dir(&tmp);
-        run_plan(out, &swap_plan(out, &name, &tmp_name), None)?;
-        Ok(out.join(name))
+        Ok(())
     }
 
     /// [`Trainer::resume_with`] accepting no change of the run's meaning.
@@ -219,11 +236,8 @@ impl Trainer {
             .map_err(|e| TrainError::Aborted(format!("config not serialisable: {e}")))?;
         let changes = check_config(&state.config, &now, explicit, &state_path)?;
         icpo_policy::load_safetensors(&dir.join("policy"), &self.policy.named_weights())?;
-        let optim_path = dir.join("optimizer.safetensors");
-        let mut optim = AdamW::load(&optim_path, self.policy.device())?;
-        optim.validate(&optim_path, &self.policy.named_weights())?;
-        optim.prepare(&self.policy.named_weights())?;
-        self.optim = optim;
+        // Either layout, written at any world size, into this run's own.
+        self.optim.load(&dir, &self.policy.named_weights(), self.group.as_ref())?;
         self.step = state.step;
         self.cursor = state.cursor;
         self.nonfinite_streak = state.nonfinite_streak;

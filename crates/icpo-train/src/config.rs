@@ -265,6 +265,12 @@ pub struct OptimSection {
     pub micro_batch_size: usize,
     /// Passes over the step's data. Default 1.
     pub ppo_epochs: usize,
+    /// Optimiser state sharding over data-parallel ranks (ZeRO): 0 every rank holds the whole
+    /// AdamW state and gradients are all-reduced; 1 each rank holds the f32 master weights and
+    /// moments of its shard only, gradients reduce-scattered once per update; 2 as 1, and
+    /// gradients reduce-scattered after every micro-batch, so no whole f32 gradient is held.
+    /// The same updates in every case (up to float summation order). Default 0.
+    pub zero_stage: u8,
 }
 
 impl Default for OptimSection {
@@ -281,6 +287,7 @@ impl Default for OptimSection {
             mini_batch_prompts: 64,
             micro_batch_size: 8,
             ppo_epochs: 1,
+            zero_stage: 0,
         }
     }
 }
@@ -481,6 +488,15 @@ impl TrainConfig {
         positive("optim.mini_batch_prompts", self.optim.mini_batch_prompts)?;
         positive("optim.micro_batch_size", self.optim.micro_batch_size)?;
         positive("optim.ppo_epochs", self.optim.ppo_epochs)?;
+        if self.optim.zero_stage > 2 {
+            return Err(cfg_err(
+                "optim.zero_stage",
+                format!(
+                    "{} is not a stage: 0 (replicated), 1 or 2 (sharded)",
+                    self.optim.zero_stage
+                ),
+            ));
+        }
         positive("data.max_prompt_tokens", self.data.max_prompt_tokens)?;
         positive("trainer.scoring_batch", self.trainer.scoring_batch)?;
         if self.trainer.total_steps == 0 {

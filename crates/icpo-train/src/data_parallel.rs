@@ -80,8 +80,18 @@ impl Trainer {
         }
         group.check_same("the code version", env!("CARGO_PKG_VERSION"))?;
         group.check_same("the training config", &cfg.to_string())?;
+        // Resume may change the stage, but ranks must agree on it.
+        group.check_same("optim.zero_stage", &self.cfg.optim.zero_stage.to_string())?;
+        let params = self.policy.named_weights().into_iter().collect();
+        self.optim.prepare(&params, group.as_ref())?;
         self.group = group;
         Ok(())
+    }
+
+    /// Bytes of optimiser state this rank holds: the whole AdamW state (moments, f32 masters
+    /// and accumulators of non-f32 weights), or with `optim.zero_stage` ≥ 1 its shard's.
+    pub fn optimizer_state_bytes(&self) -> u64 {
+        self.optim.state_bytes()
     }
 
     /// The process group (world size 1 unless [`Trainer::set_process_group`] set one).

@@ -111,7 +111,7 @@ impl Trainer {
                 let every = self.cfg.trainer.save_every;
                 let saved = (every > 0 && self.step.is_multiple_of(every))
                     || self.step == self.cfg.trainer.total_steps;
-                if saved && main {
+                if saved {
                     self.save_checkpoint(&out)?;
                 }
                 // Every rank must stop at the same step: rank 0's callback decides.
@@ -121,7 +121,7 @@ impl Trainer {
                     stop = b.first() == Some(&1);
                 }
                 if stop {
-                    if !saved && main {
+                    if !saved {
                         self.save_checkpoint(&out)?;
                     }
                     break;

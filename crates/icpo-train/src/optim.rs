@@ -170,6 +170,15 @@ impl AdamW {
         Ok(())
     }
 
+    /// Bytes of state held: moments, f32 masters and gradient accumulators.
+    pub fn state_bytes(&self) -> u64 {
+        [&self.m, &self.v, &self.master, &self.accum]
+            .iter()
+            .flat_map(|map| map.values())
+            .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
     /// Sets every gradient to zero, accumulators included (after an update, or a skipped one).
     pub fn zero_grad(&mut self, params: &BTreeMap<String, Tensor>) -> Result<()> {
         zero_grads(params);
@@ -327,23 +336,39 @@ impl AdamW {
         let mut s = AdamW::new();
         for (k, t) in Tensor::read_safetensors(path)? {
             let t = t.f_to_device(device)?;
-            if let Some(name) = k.strip_prefix("m.") {
-                s.m.insert(name.into(), t);
-            } else if let Some(name) = k.strip_prefix("v.") {
-                s.v.insert(name.into(), t);
-            } else if let Some(name) = k.strip_prefix("master.") {
-                s.master.insert(name.into(), t);
-            } else if k == "updates" {
-                s.updates = t.f_int64_value(&[0])? as u64;
-            } else {
-                return Err(TrainError::Data {
-                    path: path.into(),
-                    line: 0,
-                    message: format!("unexpected tensor `{k}`"),
-                });
-            }
+            s.insert(&k, t, path)?;
         }
         Ok(s)
+    }
+
+    /// State from named tensors as [`AdamW::save`] names them (`m.<weight>`, `v.<weight>`,
+    /// `master.<weight>`) and the update count: a sharded checkpoint assembled whole.
+    pub(crate) fn from_named(named: Vec<(String, Tensor)>, updates: u64) -> Result<Self> {
+        let mut s = AdamW::new();
+        for (k, t) in named {
+            s.insert(&k, t, Path::new("(assembled shards)"))?;
+        }
+        s.updates = updates;
+        Ok(s)
+    }
+
+    fn insert(&mut self, k: &str, t: Tensor, path: &Path) -> Result<()> {
+        if let Some(name) = k.strip_prefix("m.") {
+            self.m.insert(name.into(), t);
+        } else if let Some(name) = k.strip_prefix("v.") {
+            self.v.insert(name.into(), t);
+        } else if let Some(name) = k.strip_prefix("master.") {
+            self.master.insert(name.into(), t);
+        } else if k == "updates" {
+            self.updates = t.f_int64_value(&[0])? as u64;
+        } else {
+            return Err(TrainError::Data {
+                path: path.into(),
+                line: 0,
+                message: format!("unexpected tensor `{k}`"),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use crate::error::{Result, TrainError};
 /// Keys that change how a run executes or what it records, not what it computes (memory
 /// knobs such as the micro-batch size change float summation order only). They may differ on
 /// resume; every difference is still reported.
-pub const OPERATIONAL_KEYS: [&str; 15] = [
+pub const OPERATIONAL_KEYS: [&str; 16] = [
     "trainer.total_steps",
     "trainer.save_every",
     "trainer.eval_every",
@@ -26,6 +26,7 @@ pub const OPERATIONAL_KEYS: [&str; 15] = [
     "trainer.async_scoring",
     "trainer.scoring_batch",
     "trainer.dist_timeout_s",
+    "optim.zero_stage",
 ];
 
 /// A config value that differs between the checkpoint and the resumed run.

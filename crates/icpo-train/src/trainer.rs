@@ -16,7 +16,7 @@ use crate::batch::Trajectory;
 use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
-use crate::optim::AdamW;
+use crate::optimizer::Optimizer;
 use crate::rundir::RunDir;
 use crate::scoring::{Generated, Pass};
 use crate::task_reward::TaskReward;
@@ -52,7 +52,7 @@ pub struct Trainer {
     pub(crate) scorer: Scorer,
     /// Ids that end a rollout (the tokenizer's EOS ids unless changed).
     pub eos_token_ids: Vec<i64>,
-    pub(crate) optim: AdamW,
+    pub(crate) optim: Optimizer,
     pub(crate) cursor: Cursor,
     pub(crate) step: u64,
     pub(crate) nonfinite_streak: u32,
@@ -222,8 +222,9 @@ impl Trainer {
         if let Some(r) = reference.as_mut() {
             r.var_store_mut().freeze();
         }
-        // The optimiser's memory is taken now, not in the middle of the first update.
-        let optim = AdamW::for_params(&policy.named_weights())?;
+        // The optimiser's memory is taken now, not in the middle of the first update (sharded
+        // state: once the process group is known).
+        let optim = Optimizer::new(cfg.optim.zero_stage, &policy.named_weights())?;
         Ok(Trainer {
             cfg,
             policy,

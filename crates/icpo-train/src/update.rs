@@ -76,13 +76,17 @@ impl Trainer {
         let group = self.group.clone();
         let world = group.world_size();
         let local_lens: Vec<f64> = trajs.iter().map(|t| t.response.len() as f64).collect();
-        let (all_lens, offset) = if world == 1 {
-            (local_lens, 0)
+        // Each rank's [trajectory count, micro-batch size] (the latter may differ per rank).
+        let (all_lens, ranks) = if world == 1 {
+            (local_lens, vec![[trajs.len(), micro]])
         } else {
-            let counts = group.all_gather_f64("trajectory counts", &[trajs.len() as f64])?.concat();
-            let offset = counts[..group.rank()].iter().sum::<f64>() as usize;
-            (group.all_gather_f64("trajectory lengths", &local_lens)?.concat(), offset)
+            let counts =
+                group.all_gather_f64("trajectory counts", &[trajs.len() as f64, micro as f64])?;
+            let ranks: Vec<[usize; 2]> =
+                counts.iter().map(|c| [c[0] as usize, c[1] as usize]).collect();
+            (group.all_gather_f64("trajectory lengths", &local_lens)?.concat(), ranks)
         };
+        let offset: usize = ranks[..group.rank()].iter().map(|r| r[0]).sum();
         let n_global = all_lens.len();
         // With one update per step, π_old is the current policy at that update: its log-probs
         // are the detached ones of the update's own forward pass (as verl and TRL do), so the
@@ -133,6 +137,7 @@ impl Trainer {
         }
         let params = self.policy.named_weights().into_iter().collect::<BTreeMap<_, _>>();
         let updates_per_step = (cfg.optim.ppo_epochs * n_global.div_ceil(mini)) as u64;
+        let per_micro_batch = self.optim.reduces_per_micro_batch();
         let total_updates = updates_per_step * cfg.trainer.total_steps;
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut n_updates = 0.0;
@@ -151,7 +156,32 @@ impl Trainer {
                     .collect();
                 let mut mb_metrics: BTreeMap<String, f64> = BTreeMap::new();
                 let mut finite = true;
-                for mc in mb.chunks(micro) {
+                let local: Vec<&[usize]> = mb.chunks(micro).collect();
+                // ZeRO-2 reduces after every micro-batch: every rank runs as many rounds as the
+                // rank with the most micro-batches in this mini-batch (empty ones add nothing).
+                let rounds = if per_micro_batch {
+                    let mut starts = 0;
+                    ranks
+                        .iter()
+                        .map(|&[n, rank_micro]| {
+                            let (lo, hi) = (starts, starts + n);
+                            starts = hi;
+                            global_mb
+                                .iter()
+                                .filter(|&&i| (lo..hi).contains(&i))
+                                .count()
+                                .div_ceil(rank_micro.max(1))
+                        })
+                        .max()
+                        .unwrap_or(0)
+                } else {
+                    local.len()
+                };
+                for round in 0..rounds {
+                    let Some(mc) = local.get(round).filter(|_| finite) else {
+                        self.optim.accumulate(&params, group.as_ref())?;
+                        continue;
+                    };
                     // A group's rows side by side: their shared prompt is computed once.
                     let mut mc = mc.to_vec();
                     mc.sort_by_key(|&i| (trajs[i].group, i));
@@ -174,7 +204,8 @@ impl Trainer {
                         // NaN/∞ log-probs from the policy: a non-finite update, not a crash.
                         Err(icpo_loss::LossError::NonFinite(_)) => {
                             finite = false;
-                            break;
+                            self.optim.accumulate(&params, group.as_ref())?;
+                            continue;
                         }
                         Err(e) => return Err(e.into()),
                     };
@@ -187,29 +218,33 @@ impl Trainer {
                     let value = loss.loss.f_double_value(&[])?;
                     if !value.is_finite() {
                         finite = false;
-                        break;
+                        self.optim.accumulate(&params, group.as_ref())?;
+                        continue;
                     }
                     loss.loss.f_mul_scalar(w)?.backward();
-                    // bf16 weights: this micro-batch's gradient joins the f32 accumulator.
-                    self.optim.accumulate(&params)?;
+                    // This micro-batch's gradient joins the f32 accumulator (or, ZeRO-2, the
+                    // shards).
+                    self.optim.accumulate(&params, group.as_ref())?;
                     for (k, v) in loss.metrics {
                         *mb_metrics.entry(k).or_default() += w * v;
                     }
                 }
                 if world > 1 {
-                    // Every rank agrees on the update being finite, then sums its gradient.
+                    // Every rank agrees on the update being finite.
                     let mut bad = [f64::from(u8::from(!finite))];
                     group.all_reduce_f64("non-finite updates", &mut bad)?;
                     finite = bad[0] == 0.0;
-                    if finite {
-                        self.optim.all_reduce_grads(&params, group.as_ref())?;
-                    }
                     mb_metrics = sum_maps(group.as_ref(), "loss metrics", &mb_metrics)?;
                 }
-                let norm = self.optim.grad_norm(&params)?;
-                let lr = AdamW::lr_at(&cfg.optim, self.optim.updates, total_updates);
+                // The whole batch's gradient: all-reduced, or reduce-scattered into the shards.
+                let mut norm = f64::NAN;
+                if finite {
+                    self.optim.finish_gradients(&params, group.as_ref())?;
+                    norm = self.optim.grad_norm(&params, group.as_ref())?;
+                }
+                let lr = AdamW::lr_at(&cfg.optim, self.optim.updates(), total_updates);
                 if finite && norm.is_finite() {
-                    self.optim.step(&params, &cfg.optim, lr, norm)?;
+                    self.optim.step(&params, &cfg.optim, lr, norm, group.as_ref())?;
                     self.nonfinite_streak = 0;
                     n_updates += 1.0;
                     for (k, v) in mb_metrics {
@@ -315,6 +350,8 @@ impl Trainer {
         m.insert("timing/scoring_s".into(), batch.scoring_s);
         m.insert("timing/training_s".into(), train_s);
         m.insert("timing/step_s".into(), step_s);
+        // This rank's optimiser state (its shard's with optim.zero_stage ≥ 1).
+        m.insert("perf/optimizer_state_gb".into(), self.optim.state_bytes() as f64 / 1e9);
         if world > 1 {
             // This rank's time in collectives during the step (waiting for the others included).
             m.insert(

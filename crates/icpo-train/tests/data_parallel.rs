@@ -22,7 +22,12 @@ use tch::Tensor;
 const STEPS: usize = 3;
 
 fn run_config(out: &str) -> icpo_train::TrainConfig {
-    config(
+    zero_config(out, 0)
+}
+
+/// The run's config with optimiser state sharding `stage` (0: replicated).
+fn zero_config(out: &str, stage: u8) -> icpo_train::TrainConfig {
+    let mut cfg = config(
         out,
         &[
             "trainer.batch_prompts=4",
@@ -31,7 +36,9 @@ fn run_config(out: &str) -> icpo_train::TrainConfig {
             "loss.kl_coef=0.01",
             "trainer.total_steps=3",
         ],
-    )
+    );
+    cfg.optim.zero_stage = stage;
+    cfg
 }
 
 /// Steps the trainer `steps` times, then writes its weights and per-step metrics under
@@ -62,21 +69,28 @@ fn rank_entry() {
     let scenario = std::env::var("ICPO_DP_SCENARIO").unwrap();
     let env = DistEnv::from_env().unwrap().unwrap();
     let pid = std::process::id();
-    let mut t = trainer(run_config(&format!("icpo-dp-{scenario}-rank{}-{pid}", env.rank)), "e");
+    let zero: u8 = std::env::var("ICPO_DP_ZERO").map_or(0, |s| s.parse().unwrap());
+    let out = format!("icpo-dp-{scenario}-z{zero}-rank{}-{pid}", env.rank);
+    let mut t = trainer(zero_config(&out, zero), "e");
     let timeout = if scenario == "dies" { 3 } else { 120 };
     let group = StoreGroup::connect(&env, Duration::from_secs(timeout)).unwrap();
     t.set_process_group(Arc::new(group)).unwrap();
-    let name = format!("{scenario}-rank{}", env.rank);
+    let name = format!("{scenario}-z{zero}-rank{}", env.rank);
     match scenario.as_str() {
-        "train" => train_and_save(&mut t, &dir, &name, STEPS),
+        "train" => {
+            train_and_save(&mut t, &dir, &name, STEPS);
+            // This rank's optimiser state (sharded: about half of the whole).
+            let bytes = t.optimizer_state_bytes();
+            std::fs::write(dir.join(format!("{name}.state_bytes")), bytes.to_string()).unwrap();
+        }
         "save" => {
             train_and_save(&mut t, &dir, &name, STEPS - 1);
-            if t.is_main() {
-                t.save_checkpoint(&dir.join("ckpt-2ranks")).unwrap();
-            }
+            // Every rank takes part (sharded state: each writes its own file).
+            t.save_checkpoint(&dir.join(format!("ckpt-2ranks-z{zero}"))).unwrap();
         }
         "resume" => {
-            t.resume(&dir.join("ckpt-1process")).unwrap();
+            let from = std::env::var("ICPO_DP_FROM").unwrap_or_else(|_| "ckpt-1process".into());
+            t.resume(&dir.join(from)).unwrap();
             assert_eq!(t.step(), (STEPS - 1) as u64);
             train_and_save(&mut t, &dir, &name, 1);
         }
@@ -96,7 +110,12 @@ fn rank_entry() {
 
 /// Starts ranks 0 and 1 of `scenario`; `meanwhile` runs in this process while they do.
 fn two_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) {
-    for (rank, o) in spawn_ranks(dir, scenario, meanwhile).into_iter().enumerate() {
+    two_ranks_with(dir, scenario, &[], meanwhile)
+}
+
+/// [`two_ranks`] with extra environment variables (`ICPO_DP_ZERO`, `ICPO_DP_FROM`).
+fn two_ranks_with(dir: &Path, scenario: &str, env: &[(&str, &str)], meanwhile: impl FnOnce()) {
+    for (rank, o) in spawn_ranks(dir, scenario, env, meanwhile).into_iter().enumerate() {
         assert!(
             o.status.success(),
             "{scenario} rank {rank}: {}{}",
@@ -107,11 +126,17 @@ fn two_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) {
 }
 
 /// The outputs of ranks 0 and 1 of `scenario`.
-fn spawn_ranks(dir: &Path, scenario: &str, meanwhile: impl FnOnce()) -> Vec<std::process::Output> {
+fn spawn_ranks(
+    dir: &Path,
+    scenario: &str,
+    env: &[(&str, &str)],
+    meanwhile: impl FnOnce(),
+) -> Vec<std::process::Output> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let children: Vec<_> = (0..2)
         .map(|rank| {
             Command::new(std::env::current_exe().unwrap())
+                .envs(env.iter().copied())
                 .args(["--exact", "rank_entry", "--ignored", "--nocapture", "--test-threads=1"])
                 .env("ICPO_DP_DIR", dir)
                 .env("ICPO_DP_SCENARIO", scenario)
@@ -153,7 +178,7 @@ fn two_ranks_train_like_one_process_and_checkpoints_cross_world_sizes() {
         train_and_save(&mut single, &dir, "single", STEPS);
     });
     let (one, r0, r1) =
-        (load(&dir, "single"), load(&dir, "train-rank0"), load(&dir, "train-rank1"));
+        (load(&dir, "single"), load(&dir, "train-z0-rank0"), load(&dir, "train-z0-rank1"));
     for (name, w) in &r0 {
         assert!(w.equal(&r1[name]), "{name}: the two ranks hold different weights");
     }
@@ -167,7 +192,7 @@ fn two_ranks_train_like_one_process_and_checkpoints_cross_world_sizes() {
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{n}.json"))).unwrap())
             .unwrap()
     };
-    let (m1, m2) = (metrics("single"), metrics("train-rank0"));
+    let (m1, m2) = (metrics("single"), metrics("train-z0-rank0"));
     for (a, b) in m1.iter().zip(&m2) {
         for key in [
             "reward/on_policy_mean",
@@ -191,12 +216,12 @@ fn two_ranks_train_like_one_process_and_checkpoints_cross_world_sizes() {
     first.save_checkpoint(&dir.join("ckpt-1process")).unwrap();
     drop(first);
     two_ranks(&dir, "resume", || {});
-    assert_close(&load(&dir, "resume-rank0"), &one, "1-process checkpoint resumed on 2 ranks");
+    assert_close(&load(&dir, "resume-z0-rank0"), &one, "1-process checkpoint resumed on 2 ranks");
 
     // A 2-rank checkpoint after 2 steps, resumed in 1 process for the third.
     two_ranks(&dir, "save", || {});
     let mut resumed = trainer(run_config("icpo-dp-resumed"), "e");
-    resumed.resume(&dir.join("ckpt-2ranks")).unwrap();
+    resumed.resume(&dir.join("ckpt-2ranks-z0")).unwrap();
     assert_eq!(resumed.step(), (STEPS - 1) as u64);
     train_and_save(&mut resumed, &dir, "resumed-1process", 1);
     assert_close(&load(&dir, "resumed-1process"), &one, "2-rank checkpoint resumed in 1 process");
@@ -210,7 +235,7 @@ fn a_rank_killed_mid_run_stops_the_other_naming_it() {
     let dir = std::env::temp_dir().join(format!("icpo-dp-dies-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let t0 = std::time::Instant::now();
-    let outs = spawn_ranks(&dir, "dies", || {});
+    let outs = spawn_ranks(&dir, "dies", &[], || {});
     let stderr = String::from_utf8_lossy(&outs[0].stderr);
     assert_eq!(outs[0].status.code(), Some(3), "{stderr}");
     assert!(
@@ -218,5 +243,95 @@ fn a_rank_killed_mid_run_stops_the_other_naming_it() {
         "{stderr}"
     );
     assert!(t0.elapsed() < Duration::from_secs(60), "no hang: {:?}", t0.elapsed());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Sharded optimiser state (ZeRO-1 and ZeRO-2) on 2 ranks reaches the weights of the replicated
+/// optimiser in 1 process; each rank holds about half of the state; the sharded checkpoint
+/// (one file per rank and an index) resumes in 1 process, replicated or sharded, and a
+/// 1-process replicated checkpoint resumes on 2 sharded ranks, each landing where the
+/// uninterrupted run does.
+#[test]
+fn sharded_optimizer_state_trains_like_one_process_and_resumes_across_world_sizes() {
+    let dir = std::env::temp_dir().join(format!("icpo-zero-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut whole_bytes = 0;
+    two_ranks_with(&dir, "train", &[("ICPO_DP_ZERO", "2")], || {
+        let mut single = trainer(run_config("icpo-zero-single"), "e");
+        train_and_save(&mut single, &dir, "single", STEPS);
+        whole_bytes = single.optimizer_state_bytes();
+    });
+    let one = load(&dir, "single");
+    let start: HashMap<String, Tensor> =
+        trainer(run_config("icpo-zero-start"), "e").policy().named_weights().into_iter().collect();
+    let moved: f64 = one.iter().map(|(k, w)| (w - &start[k]).norm().double_value(&[])).sum();
+    assert!(moved > 0.0, "the weights changed: the comparison is not vacuous");
+    two_ranks_with(&dir, "train", &[("ICPO_DP_ZERO", "1")], || {});
+    for stage in [1, 2] {
+        let (r0, r1) = (
+            load(&dir, &format!("train-z{stage}-rank0")),
+            load(&dir, &format!("train-z{stage}-rank1")),
+        );
+        for (name, w) in &r0 {
+            assert!(
+                w.equal(&r1[name]),
+                "ZeRO-{stage} {name}: the two ranks hold different weights"
+            );
+        }
+        assert_close(&r0, &one, &format!("ZeRO-{stage} on 2 ranks vs replicated in 1 process"));
+    }
+    // ZeRO-2: each rank holds four f32 values (master, m, v, gradient) per element of its
+    // chunk of every weight, chunks of ceil(numel / 2): about half of what one process would
+    // hold for those four, and no whole-size f32 buffer.
+    let bytes = |n: &str| -> u64 {
+        std::fs::read_to_string(dir.join(format!("{n}.state_bytes"))).unwrap().parse().unwrap()
+    };
+    let shard: u64 = start.values().map(|w| 16 * (w.numel() as u64).div_ceil(2)).sum();
+    assert_eq!((bytes("train-z2-rank0"), bytes("train-z2-rank1")), (shard, shard));
+    assert!(whole_bytes > 0, "the replicated optimiser reports its state");
+
+    // A 2-rank ZeRO-2 checkpoint after 2 steps: one file per rank and an index.
+    two_ranks_with(&dir, "save", &[("ICPO_DP_ZERO", "2")], || {});
+    let ckpt = dir.join("ckpt-2ranks-z2").join("step_000002").join("optimizer");
+    let index: icpo_train::ShardIndex =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("index.json")).unwrap()).unwrap();
+    // 4 problems per step in mini-batches of 2: two updates per step.
+    assert_eq!((index.world_size, index.updates), (2, 4));
+    assert_eq!(
+        index.files,
+        ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
+    );
+    for (name, w) in &start {
+        let parts = &index.ranges[name];
+        let covered: i64 = parts.iter().map(|&(_, lo, hi)| hi - lo).sum();
+        assert_eq!(covered, w.numel() as i64, "{name}: the shards cover the weight");
+    }
+    // Resumed in 1 process, replicated and sharded (world size 1).
+    for stage in [0, 1] {
+        let mut resumed = trainer(zero_config(&format!("icpo-zero-resumed{stage}"), stage), "e");
+        resumed.resume(&dir.join("ckpt-2ranks-z2")).unwrap();
+        assert_eq!(resumed.step(), (STEPS - 1) as u64);
+        let name = format!("zero-resumed-1process-z{stage}");
+        train_and_save(&mut resumed, &dir, &name, 1);
+        assert_close(
+            &load(&dir, &name),
+            &one,
+            &format!("ZeRO-2 checkpoint resumed in 1 process, stage {stage}"),
+        );
+    }
+    // A 1-process replicated checkpoint resumed on 2 ZeRO-2 ranks.
+    let mut first = trainer(run_config("icpo-zero-first"), "e");
+    for _ in 0..STEPS - 1 {
+        first.train_step().unwrap();
+    }
+    first.save_checkpoint(&dir.join("ckpt-1process")).unwrap();
+    drop(first);
+    two_ranks_with(&dir, "resume", &[("ICPO_DP_ZERO", "2")], || {});
+    assert_close(
+        &load(&dir, "resume-z2-rank0"),
+        &one,
+        "1-process checkpoint resumed on 2 ZeRO-2 ranks",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
