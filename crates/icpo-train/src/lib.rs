@@ -19,6 +19,7 @@ mod driver;
 mod error;
 mod eval;
 mod fit;
+mod groups;
 mod optim;
 mod optimizer;
 mod resume_check;

@@ -170,6 +170,12 @@ impl AdamW {
         Ok(())
     }
 
+    /// The f32 master of weight `name` (non-f32 weights).
+    #[cfg(test)]
+    pub(crate) fn master_of(&self, name: &str) -> Option<&Tensor> {
+        self.master.get(name)
+    }
+
     /// Bytes of state held: moments, f32 masters and gradient accumulators.
     pub fn state_bytes(&self) -> u64 {
         [&self.m, &self.v, &self.master, &self.accum]

@@ -250,3 +250,101 @@ fn check_shape(path: &Path, key: &str, shape: &[i64], weight: Option<&Tensor>) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizer::Optimizer;
+    use crate::zero::ZeroAdamW;
+    use icpo_dist::{ProcessGroup, Single};
+    use std::collections::HashMap;
+
+    struct Seat(usize, usize);
+    impl ProcessGroup for Seat {
+        fn rank(&self) -> usize {
+            self.0
+        }
+        fn world_size(&self) -> usize {
+            self.1
+        }
+        fn all_gather_bytes(&self, what: &str, _: &[u8]) -> icpo_dist::Result<Vec<Vec<u8>>> {
+            Err(icpo_dist::DistError::Store(format!("no peers for `{what}`")))
+        }
+    }
+
+    /// Known whole state: element i of `prefix` of weight number w is 1000·p + 100·w + i.
+    fn whole(prefix: usize, w: usize, numel: i64) -> Tensor {
+        Tensor::arange(numel, (Kind::Float, tch::Device::Cpu)) + (1000 * prefix + 100 * w) as f64
+    }
+
+    /// Two ranks' shards written with their index, then read back whole into one process,
+    /// sharded and replicated: every element where it belongs. A missing file and an index
+    /// disagreeing with the policy are errors naming them.
+    #[test]
+    fn shards_of_two_ranks_resume_in_one_process_either_way() {
+        let dir = std::env::temp_dir().join(format!("icpo-shard-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let opt_dir = dir.join("optimizer");
+        std::fs::create_dir_all(&opt_dir).unwrap();
+        let params: BTreeMap<String, Tensor> = [
+            ("a".to_string(), Tensor::zeros([5], (Kind::BFloat16, tch::Device::Cpu))),
+            ("b".to_string(), Tensor::zeros([2, 3], (Kind::BFloat16, tch::Device::Cpu))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.set_requires_grad(true)))
+        .collect();
+        let weights: HashMap<String, Tensor> =
+            params.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        for rank in 0..2 {
+            let mut z = ZeroAdamW::new(&params, &Seat(rank, 2), 2).unwrap();
+            z.updates = 7;
+            for (w, (name, p)) in params.iter().enumerate() {
+                for (i, prefix) in ["m", "v", "master"].iter().enumerate() {
+                    z.take_piece(prefix, name, 0, &whole(i, w, p.numel() as i64)).unwrap();
+                }
+            }
+            write_shard(&z, &opt_dir).unwrap();
+            if rank == 0 {
+                write_index(&z, &opt_dir).unwrap();
+            }
+        }
+        // Sharded, one rank: its shard is every weight whole.
+        let mut sharded = Optimizer::Sharded { stage: 1, state: None };
+        sharded.load(&dir, &weights, &Single).unwrap();
+        assert_eq!(sharded.updates(), 7);
+        let Optimizer::Sharded { state: Some(z), .. } = &sharded else { panic!("sharded") };
+        for (i, t) in [&z.m, &z.v, &z.master].into_iter().enumerate() {
+            let want = Tensor::cat(&[whole(i, 0, 5), whole(i, 1, 6)], 0);
+            assert!(t.equal(&want), "sharded state {i}: {t:?}");
+        }
+        // Replicated: whole tensors, masters included for the bf16 weights.
+        let mut replicated = Optimizer::new(0, &weights).unwrap();
+        replicated.load(&dir, &weights, &Single).unwrap();
+        let Optimizer::Replicated(rep) = &replicated else { panic!("replicated") };
+        assert_eq!(rep.updates, 7);
+        let path = dir.join("whole.safetensors");
+        rep.save(&path).unwrap();
+        let saved: HashMap<String, Tensor> =
+            Tensor::read_safetensors(&path).unwrap().into_iter().collect();
+        for (w, (name, p)) in params.iter().enumerate() {
+            for (i, prefix) in ["m", "v", "master"].iter().enumerate() {
+                let want = whole(i, w, p.numel() as i64);
+                let got = saved[&format!("{prefix}.{name}")].reshape([-1]);
+                assert!(got.equal(&want), "replicated {prefix}.{name}");
+            }
+        }
+        // The index must agree with the policy.
+        let mut other: HashMap<String, Tensor> =
+            weights.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        other.insert("b".into(), Tensor::zeros([3, 2], (Kind::BFloat16, tch::Device::Cpu)));
+        let e = Optimizer::Sharded { stage: 1, state: None }
+            .load(&dir, &other, &Single)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index.json") && e.contains("`b`") && e.contains("[2, 3]"), "{e}");
+        std::fs::remove_file(opt_dir.join("shard-00001-of-00002.safetensors")).unwrap();
+        let e = sharded.load(&dir, &weights, &Single).unwrap_err().to_string();
+        assert!(e.contains("shard-00001-of-00002.safetensors") && e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

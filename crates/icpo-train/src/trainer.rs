@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use icpo_core::{errs_select, group_advantages, group_rewards, Origin};
 use icpo_loss::LossAggMode;
 use icpo_policy::{reset_peak_memory, CausalLm, Tokenizer};
 use icpo_rollout::{DemoPool, EngineConfig, SamplingParams};
@@ -12,7 +11,6 @@ use icpo_verify::Reward;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::batch::Trajectory;
 use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
@@ -141,7 +139,7 @@ pub(crate) fn fitting_prompts(
     Ok(kept)
 }
 
-fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
+pub(crate) fn seed_for(seed: u64, step: u64, what: u64) -> u64 {
     // SplitMix-style mixing: distinct streams per (step, purpose).
     let mut z =
         seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ what.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -428,71 +426,7 @@ impl Trainer {
         m.insert("timing/scoring_busy_s".into(), score_busy_s);
 
         // Phase 4: ERRS, shaping with this step's γ(t), group advantages.
-        let gamma = cfg.algorithm.shaping_schedule.gamma_with(
-            self.step,
-            cfg.trainer.total_steps,
-            cfg.algorithm.shaping_decay_steps,
-        )?;
-        let mut trajs: Vec<Trajectory> = Vec::new();
-        let mut accepted = 0usize;
-        for (p, prompt) in plain.iter().enumerate() {
-            let on_p: Vec<f64> = on_r[p * g..(p + 1) * g].to_vec();
-            let ief_p: Vec<f64> = ief_r[p * n_off..(p + 1) * n_off].to_vec();
-            // ERRS draws from the group's own stream, keyed by its global index.
-            let mut group_rng = ChaCha8Rng::seed_from_u64(seed_for(cfg.trainer.seed, self.step, 3));
-            group_rng.set_stream((first + p) as u64);
-            let outcome = errs_select(&on_p, &ief_p, &cfg.algorithm.errs, &mut group_rng)?;
-            accepted += outcome.accepted.len();
-            let shaped = group_rewards(
-                &outcome,
-                &on_p,
-                &ief_p,
-                cfg.algorithm.shaping,
-                cfg.algorithm.shaping_alpha,
-                gamma,
-            )?;
-            for (member, s) in outcome.members.iter().zip(shaped) {
-                let (r, is_ief, reward) = match *member {
-                    Origin::OnPolicy(i) => (&on[p * g + i], false, on_p[i]),
-                    Origin::Ief(j) => (&ief[p * n_off + j], true, ief_p[j]),
-                };
-                trajs.push(Trajectory {
-                    group: first + p,
-                    prompt: prompt.clone(),
-                    response: r.tokens.clone(),
-                    is_ief,
-                    reward,
-                    shaped_reward: s,
-                    advantage: 0.0,
-                    old_logp: vec![0.0; r.tokens.len()],
-                    ref_logp: vec![0.0; r.tokens.len()],
-                });
-            }
-        }
-        let shaped: Vec<f64> = trajs.iter().map(|t| t.shaped_reward).collect();
-        let groups: Vec<usize> = trajs.iter().map(|t| t.group).collect();
-        let adv = match &self.advantages {
-            None => {
-                group_advantages(&shaped, &groups, cfg.algorithm.advantage, cfg.algorithm.epsilon)?
-            }
-            Some(custom) => {
-                let adv = custom
-                    .advantages(&shaped, &groups)
-                    .map_err(|e| TrainError::Aborted(format!("the advantage estimator: {e}")))?;
-                if adv.len() != shaped.len() || adv.iter().any(|a| !a.is_finite()) {
-                    return Err(TrainError::Aborted(format!(
-                        "the advantage estimator returned {} values ({} finite) for {} trajectories",
-                        adv.len(),
-                        adv.iter().filter(|a| a.is_finite()).count(),
-                        shaped.len()
-                    )));
-                }
-                adv
-            }
-        };
-        for (t, a) in trajs.iter_mut().zip(adv) {
-            t.advantage = a;
-        }
+        let (trajs, accepted, gamma) = self.form_groups(plain, &on, &ief, &on_r, &ief_r, first)?;
 
         Ok(StepBatch {
             step: self.step,

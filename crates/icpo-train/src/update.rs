@@ -52,7 +52,10 @@ pub struct StepBatch {
 impl Trainer {
     /// The second half of a step (see [`Trainer::rollout`]): π_old and reference log-probs
     /// where needed, the mini-batch updates with micro-batch accumulation over
-    /// `batch.trajectories`, and the step's metrics; the step count advances.
+    /// `batch.trajectories`, and the step's metrics; the step count advances. Its phases are
+    /// the functions below: [`Trainer::global_view`] (where this rank's trajectories sit in the
+    /// whole step), [`Trainer::logprob_passes`], [`Trainer::optimise`] and
+    /// [`Trainer::step_metrics`].
     pub fn update(&mut self, batch: StepBatch) -> Result<Metrics> {
         if batch.step != self.step {
             return Err(TrainError::Aborted(format!(
@@ -60,24 +63,34 @@ impl Trainer {
                 batch.step, self.step
             )));
         }
-        let cfg = self.cfg.clone();
-        let g = cfg.rollout.group_size;
-        let mut m = batch.metrics;
-        let mut rng = batch.rng;
-        let mut trajs = batch.trajectories;
-        let on_r: Vec<f64> = batch.on_policy.iter().map(|(_, r)| *r).collect();
-        let ief_r: Vec<f64> = batch.ief.iter().map(|(_, r)| *r).collect();
-        // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
         let t_train = Instant::now();
-        let micro = cfg.optim.micro_batch_size;
-        let mini = cfg.optim.mini_batch_prompts * g;
-        // Data parallel: the mini-batches are the whole batch's (as one process forms them),
-        // from every rank's trajectory lengths in global order; this rank trains on its members.
-        let group = self.group.clone();
-        let world = group.world_size();
+        let mut batch = batch;
+        let mut trajs = std::mem::take(&mut batch.trajectories);
+        let view = self.global_view(&trajs)?;
+        // With one update per step, π_old is the current policy at that update: its log-probs
+        // are the detached ones of the update's own forward pass (as verl and TRL do), so the
+        // separate pass is skipped. The reference pass is still needed when β > 0.
+        let mini = self.cfg.optim.mini_batch_prompts * self.cfg.rollout.group_size;
+        let single_update = self.cfg.optim.ppo_epochs == 1 && view.lens.len() <= mini;
+        // Phase 5: old and reference log-probs, IEF tokens after the plain prompt.
+        self.logprob_passes(&mut trajs, !single_update)?;
+        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs.
+        let optimised = self.optimise(&trajs, &view, single_update, &mut batch.rng)?;
+        let train_s = t_train.elapsed().as_secs_f64();
+        // Phase 7: metrics.
+        let m = self.step_metrics(batch, &trajs, optimised, view.lens.len(), train_s)?;
+        self.step += 1;
+        Ok(m)
+    }
+
+    /// Where this rank's trajectories sit in the whole step's: every rank's response lengths in
+    /// global order, trajectory counts and micro-batch sizes (collectives when data parallel).
+    fn global_view(&self, trajs: &[Trajectory]) -> Result<GlobalView> {
+        let group = self.group.as_ref();
+        let micro = self.cfg.optim.micro_batch_size;
         let local_lens: Vec<f64> = trajs.iter().map(|t| t.response.len() as f64).collect();
         // Each rank's [trajectory count, micro-batch size] (the latter may differ per rank).
-        let (all_lens, ranks) = if world == 1 {
+        let (lens, ranks) = if group.world_size() == 1 {
             (local_lens, vec![[trajs.len(), micro]])
         } else {
             let counts =
@@ -87,19 +100,14 @@ impl Trainer {
             (group.all_gather_f64("trajectory lengths", &local_lens)?.concat(), ranks)
         };
         let offset: usize = ranks[..group.rank()].iter().map(|r| r[0]).sum();
-        let n_global = all_lens.len();
-        // With one update per step, π_old is the current policy at that update: its log-probs
-        // are the detached ones of the update's own forward pass (as verl and TRL do), so the
-        // separate pass is skipped. The reference pass is still needed when β > 0.
-        let single_update = cfg.optim.ppo_epochs == 1 && n_global <= mini;
-        // The entropy bonus needs its gradient; otherwise entropy is only a metric.
-        let entropy_mode = if cfg.loss.entropy_coef > 0.0 {
-            icpo_policy::Entropy::Differentiable
-        } else {
-            icpo_policy::Entropy::Metric
-        };
-        let need_old_pass = !single_update;
-        let need_ref_pass = self.reference.is_some() && cfg.loss.kl_coef > 0.0;
+        Ok(GlobalView { lens, ranks, offset })
+    }
+
+    /// Fills π_old (when `need_old`) and reference (when β > 0) log-probs of `trajs`, a
+    /// micro-batch at a time, groups side by side.
+    fn logprob_passes(&self, trajs: &mut [Trajectory], need_old_pass: bool) -> Result<()> {
+        let micro = self.cfg.optim.micro_batch_size;
+        let need_ref_pass = self.reference.is_some() && self.cfg.loss.kl_coef > 0.0;
         // Trajectories start with zero old/reference log-probs: only the passes needed run.
         let passes = if need_old_pass || need_ref_pass { trajs.len() } else { 0 };
         let mut by_group: Vec<usize> = (0..passes).collect();
@@ -129,8 +137,34 @@ impl Trainer {
             }
         }
 
-        // Phase 6: mini-batch updates with micro-batch accumulation, PPO epochs. Dr.GRPO's
-        // constant defaults to the longest response allowed.
+        Ok(())
+    }
+
+    /// The mini-batch updates of one step: the same global mini-batches as one process would
+    /// form (from `view`), this rank's members in micro-batches weighted by global token
+    /// counts, gradients reduced across ranks, one optimiser step each (skipped when
+    /// non-finite, aborting after `trainer.max_nonfinite_in_a_row`).
+    fn optimise(
+        &mut self,
+        trajs: &[Trajectory],
+        view: &GlobalView,
+        single_update: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Optimised> {
+        let cfg = self.cfg.clone();
+        let micro = cfg.optim.micro_batch_size;
+        let mini = cfg.optim.mini_batch_prompts * cfg.rollout.group_size;
+        let group = self.group.clone();
+        let world = group.world_size();
+        let (all_lens, ranks, offset) = (&view.lens, &view.ranks, view.offset);
+        let n_global = all_lens.len();
+        // The entropy bonus needs its gradient; otherwise entropy is only a metric.
+        let entropy_mode = if cfg.loss.entropy_coef > 0.0 {
+            icpo_policy::Entropy::Differentiable
+        } else {
+            icpo_policy::Entropy::Metric
+        };
+        // Dr.GRPO's constant defaults to the longest response allowed.
         let mut loss_cfg = cfg.loss;
         if loss_cfg.norm_length == 0 {
             loss_cfg.norm_length = cfg.rollout.max_new_tokens;
@@ -144,7 +178,7 @@ impl Trainer {
         let mut skipped = 0.0;
         for _ in 0..cfg.optim.ppo_epochs {
             let mut order: Vec<usize> = (0..n_global).collect();
-            order.shuffle(&mut rng);
+            order.shuffle(rng);
             for global_mb in order.chunks(mini) {
                 let n_micro = global_mb.len().div_ceil(micro);
                 let mb_tokens: usize = global_mb.iter().map(|&i| all_lens[i] as usize).sum();
@@ -266,8 +300,26 @@ impl Trainer {
                 self.optim.zero_grad(&params)?;
             }
         }
-        let train_s = t_train.elapsed().as_secs_f64();
+        Ok(Optimised { sums, n_updates, skipped })
+    }
 
+    /// The step's metrics: the rollout half's (means over ranks), the updates' means, and the
+    /// whole batch's rewards, lengths, IEF and timing figures gathered from every rank.
+    fn step_metrics(
+        &self,
+        batch: StepBatch,
+        trajs: &[Trajectory],
+        optimised: Optimised,
+        n_global: usize,
+        train_s: f64,
+    ) -> Result<Metrics> {
+        let cfg = &self.cfg;
+        let group = self.group.clone();
+        let world = group.world_size();
+        let mut m = batch.metrics;
+        let on_r: Vec<f64> = batch.on_policy.iter().map(|(_, r)| *r).collect();
+        let ief_r: Vec<f64> = batch.ief.iter().map(|(_, r)| *r).collect();
+        let Optimised { sums, n_updates, skipped } = optimised;
         // Phase 7: metrics.
         if world > 1 {
             // The rollout half's metrics (the update's are global already): error counts add
@@ -366,7 +418,26 @@ impl Trainer {
             // This step's peak: CUDA's allocator on a GPU, the process's RSS on a CPU.
             m.insert("perf/peak_memory_gb".into(), bytes as f64 / 1e9);
         }
-        self.step += 1;
         Ok(m)
     }
+}
+
+/// Where a rank's trajectories sit in the step's whole batch.
+struct GlobalView {
+    /// Every trajectory's response length, rank by rank (global order).
+    lens: Vec<f64>,
+    /// Each rank's [trajectory count, micro-batch size].
+    ranks: Vec<[usize; 2]>,
+    /// This rank's first trajectory in global order.
+    offset: usize,
+}
+
+/// What the optimisation phase reports to the metrics.
+struct Optimised {
+    /// Sums over the updates taken of their loss metrics, gradient norm and lr.
+    sums: BTreeMap<String, f64>,
+    /// Updates taken.
+    n_updates: f64,
+    /// Updates skipped (non-finite).
+    skipped: f64,
 }

@@ -395,3 +395,93 @@ impl ZeroAdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::AdamW;
+
+    /// A rank of a world that is never talked to (layouts and files only).
+    struct Seat(usize, usize);
+
+    impl ProcessGroup for Seat {
+        fn rank(&self) -> usize {
+            self.0
+        }
+        fn world_size(&self) -> usize {
+            self.1
+        }
+        fn all_gather_bytes(&self, what: &str, _: &[u8]) -> icpo_dist::Result<Vec<Vec<u8>>> {
+            Err(icpo_dist::DistError::Store(format!("no peers for `{what}`")))
+        }
+    }
+
+    fn weights(kind: Kind) -> BTreeMap<String, Tensor> {
+        let a = Tensor::from_slice(&[0.5f32, -0.25, 1.5, 0.01, -2.0]).to_kind(kind);
+        let b =
+            Tensor::from_slice(&[0.02f32, 0.3, -0.7, 0.9, 0.1, -0.4]).view([2, 3]).to_kind(kind);
+        [("a".to_string(), a.set_requires_grad(true)), ("b".to_string(), b.set_requires_grad(true))]
+            .into()
+    }
+
+    /// Each weight cut in `world` chunks of ceil(numel / world), rank r owning chunk r.
+    #[test]
+    fn the_layout_cuts_every_weight_in_equal_chunks() {
+        let slots = layout(&weights(Kind::Float), 4);
+        let (a, b) = (&slots[0], &slots[1]);
+        assert_eq!((a.numel, a.chunk, a.offset), (5, 2, 0));
+        assert_eq!((b.numel, b.chunk, b.offset), (6, 2, 2));
+        let ranges: Vec<(i64, i64)> = (0..4).map(|r| a.range(r)).collect();
+        assert_eq!(ranges, [(0, 2), (2, 4), (4, 5), (5, 5)]);
+        // Rank 2's masters: a[4], a padding zero, then b[4], b[5].
+        let z = ZeroAdamW::new(&weights(Kind::Float), &Seat(2, 4), 2).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&z.master).unwrap(), [-2.0, 0.0, 0.1, -0.4]);
+    }
+
+    /// On one rank, both stages give exactly the replicated AdamW's weights (bf16 weights
+    /// with f32 masters, two micro-batches per update, clipping active).
+    #[test]
+    fn one_rank_sharded_equals_replicated_adamw() {
+        let cfg = OptimSection { weight_decay: 0.1, grad_clip: 0.5, ..OptimSection::default() };
+        for stage in [1u8, 2] {
+            let (p1, p2) = (weights(Kind::BFloat16), weights(Kind::BFloat16));
+            let named: std::collections::HashMap<String, Tensor> =
+                p1.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            let mut rep = AdamW::for_params(&named).unwrap();
+            let mut zero = ZeroAdamW::new(&p2, &icpo_dist::Single, stage).unwrap();
+            for step in 0..4 {
+                for micro in 0..2 {
+                    let k = (step * 2 + micro) as f64 * 0.37 + 1.0;
+                    for p in [&p1, &p2] {
+                        let loss = (p["a"].to_kind(Kind::Float).sin() * k).sum(Kind::Float)
+                            + (p["b"].to_kind(Kind::Float).square() * k).sum(Kind::Float);
+                        loss.backward();
+                    }
+                    rep.accumulate(&p1).unwrap();
+                    zero.accumulate(&p2, &icpo_dist::Single).unwrap();
+                }
+                let n1 = rep.grad_norm(&p1).unwrap();
+                zero.finish_gradients(&p2, &icpo_dist::Single).unwrap();
+                let n2 = zero.grad_norm(&icpo_dist::Single).unwrap();
+                assert!((n1 - n2).abs() <= 1e-6 * n1, "stage {stage}: norm {n1} vs {n2}");
+                rep.step(&p1, &cfg, 1e-3, n1).unwrap();
+                // The same clipping factor for both: the arithmetic is then the same, exactly.
+                zero.step(&p2, &cfg, 1e-3, n1, &icpo_dist::Single).unwrap();
+            }
+            for name in ["a", "b"] {
+                assert!(p1[name].equal(&p2[name]), "stage {stage}: {name} differs");
+                let master = zero.master.narrow(
+                    0,
+                    zero.slots.iter().find(|s| s.name == name).unwrap().offset,
+                    p1[name].numel() as i64,
+                );
+                let want = rep.master_of(name).unwrap().reshape([-1]);
+                assert!(
+                    master.allclose(&want, 0.0, 1e-7, false),
+                    "stage {stage}: master of {name}"
+                );
+            }
+            assert_eq!(zero.updates, 4);
+        }
+    }
+}
