@@ -10,7 +10,9 @@
 //! Under torchrun it trains data-parallel (`torchrun --no-python --nproc-per-node 2
 //! target/release/examples/grpo_step_bench ...`; the CPU development backend where there is no
 //! GPU) and rank 0 prints the JSON, with `world_size` and `weights_sq_norm` (the sum of squares
-//! of every policy weight after the last step, in f64: the same at any world size).
+//! of every policy weight after the last step, in f64: the same at any world size);
+//! `--zero-stage 2` shards the optimiser state over the ranks (`optimizer_state_bytes` is rank
+//! 0's share).
 //! One untimed warm-up step comes first. The last line printed is JSON with `step_seconds`
 //! (one entry a timed step). `--compute-dtype bfloat16` runs the products in bf16 (f32 weights),
 //! the faster setting on CPUs with AMX. docs/benchmarks.md has the side-by-side measurement
@@ -37,6 +39,9 @@ struct Args {
     /// Decoding streams (0: the engine's default, one per thread on a CPU).
     #[arg(long, default_value_t = 0)]
     streams: usize,
+    /// Optimiser state sharding over the ranks (`optim.zero_stage`: 0, 1 or 2).
+    #[arg(long, default_value_t = 0)]
+    zero_stage: u8,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +81,7 @@ fn main() -> Result<()> {
             format!("trainer.seed={}", w.seed),
             format!("model.compute_dtype=\"{}\"", w.compute_dtype),
             format!("rollout.decode_streams={}", a.streams),
+            format!("optim.zero_stage={}", a.zero_stage),
         ],
     )?;
     let policy = w.load_policy()?;
@@ -122,7 +128,7 @@ fn main() -> Result<()> {
         .sum();
     println!(
         "{}",
-        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds, "world_size": world_size, "collective_seconds": collective, "weights_sq_norm": weights_sq_norm})
+        serde_json::json!({"bench": "grpo_step", "prompts": w.prompts, "samples": w.samples, "new_tokens": a.new_tokens, "threads": w.threads, "compute_dtype": w.compute_dtype, "step_seconds": seconds, "world_size": world_size, "zero_stage": a.zero_stage, "optimizer_state_bytes": trainer.optimizer_state_bytes(), "collective_seconds": collective, "weights_sq_norm": weights_sq_norm})
     );
     Ok(())
 }
