@@ -4,7 +4,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::attention::attention_mask_4d;
 use crate::error::{PolicyError, Result};
-use crate::model::{check_ids, CausalLm, Past};
+use crate::model::{check_ids, check_ids_in, CausalLm, Past};
 
 /// Keys and values of every layer for a batch of sequences, preallocated along the sequence axis.
 ///
@@ -218,7 +218,7 @@ impl CausalLm {
         )?;
         // Sampling needs the last position's logits only: the head runs on that position, not
         // on every prompt position (a (batch, prompt_len, vocab) block for long prompts).
-        let hidden = self.decode_hidden(input_ids, attention_mask, &mut cache)?;
+        let hidden = self.decode_hidden(input_ids, attention_mask, &mut cache, false)?;
         let logits = self.head(&hidden.f_narrow(1, seq - 1, 1)?)?;
         Ok((logits.f_squeeze_dim(1)?, cache))
     }
@@ -235,7 +235,22 @@ impl CausalLm {
         attention_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let hidden = self.decode_hidden(input_ids, attention_mask, cache)?;
+        let hidden = self.decode_hidden(input_ids, attention_mask, cache, true)?;
+        self.head(&hidden)
+    }
+
+    /// [`CausalLm::decode`] of ids a sampler drew from this model's logits (so within the
+    /// vocabulary by construction): shapes are checked, but the ids' range is not read back,
+    /// which would cost a device→host sync every decode step. Out-of-range ids are an error of
+    /// the embedding lookup on a CPU and a device-side assertion on CUDA: use
+    /// [`CausalLm::decode`] for ids from anywhere else.
+    pub fn decode_sampled(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.decode_hidden(input_ids, attention_mask, cache, false)?;
         self.head(&hidden)
     }
 
@@ -245,9 +260,10 @@ impl CausalLm {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         cache: &mut KvCache,
+        check_range: bool,
     ) -> Result<Tensor> {
-        let (batch, new) =
-            check_ids(input_ids, Some(attention_mask), self.config().vocab_size, "decode")?;
+        let vocab = check_range.then_some(self.config().vocab_size);
+        let (batch, new) = check_ids_in(input_ids, Some(attention_mask), vocab, "decode")?;
         if batch != cache.batch_size() {
             return Err(PolicyError::Shape(format!(
                 "decode: batch {batch} differs from the cache's batch {}",

@@ -182,6 +182,17 @@ pub(crate) fn check_ids(
     vocab: i64,
     what: &str,
 ) -> Result<(i64, i64)> {
+    check_ids_in(ids, mask, Some(vocab), what)
+}
+
+/// [`check_ids`]; with `vocab` None the id range is not read back (a device sync), only the
+/// shapes and dtype are checked.
+pub(crate) fn check_ids_in(
+    ids: &Tensor,
+    mask: Option<&Tensor>,
+    vocab: Option<i64>,
+    what: &str,
+) -> Result<(i64, i64)> {
     let size = ids.size();
     if size.len() != 2 || ids.kind() != Kind::Int64 {
         return Err(PolicyError::Shape(format!(
@@ -197,8 +208,11 @@ pub(crate) fn check_ids(
             )));
         }
     }
-    if ids.numel() > 0 {
-        let (lo, hi) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+    if let Some(vocab) = vocab.filter(|_| ids.numel() > 0) {
+        // One read for both ends.
+        let ends = Tensor::f_stack(&[ids.f_min()?, ids.f_max()?], 0)?;
+        let ends = Vec::<i64>::try_from(&ends.f_to_device(tch::Device::Cpu)?)?;
+        let (lo, hi) = (ends[0], ends[1]);
         if lo < 0 || hi >= vocab {
             return Err(PolicyError::Shape(format!(
                 "{what}: token ids must lie in [0, vocab_size = {vocab}), found {lo}..={hi}"

@@ -58,7 +58,8 @@ impl DecodeModel for CausalLm {
         Ok(CausalLm::prefill(self, ids, mask, capacity)?)
     }
     fn step(&self, tokens: &Tensor, live: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        Ok(self.decode(tokens, live, cache)?.f_select(1, 0)?)
+        // The sampler's ids: no range read-back (one sync per step saved).
+        Ok(self.decode_sampled(tokens, live, cache)?.f_select(1, 0)?)
     }
     fn select_rows(&self, cache: &mut KvCache, index: &Tensor) -> Result<()> {
         Ok(cache.select(index)?)

@@ -12,6 +12,7 @@
 //! from a [`DemoPool`], laid out by [`FewShot`] (inline or as turns) or a [`PromptFormat`] of
 //! one's own.
 
+mod counter;
 mod engine;
 mod error;
 mod few_shot;
@@ -19,6 +20,7 @@ mod pool;
 mod prompts;
 mod sampling;
 
+pub use counter::{counter_uniform, counter_uniforms, stream_key};
 pub use engine::{
     generate, generate_streaming, generate_with_stats, DecodeModel, EngineConfig, EngineStats,
     FinishReason, OnFinished, Request, Rollout,
@@ -26,4 +28,4 @@ pub use engine::{
 pub use error::{Result, RolloutError};
 pub use few_shot::{DemoLayout, FewShot, PromptFormat, PromptParts};
 pub use prompts::{Demo, DemoPool, PromptBuilder, PromptTemplate, DEFAULT_INSTRUCTION};
-pub use sampling::{sample, sampling_logprobs, Draw, SamplingParams};
+pub use sampling::{sample, sample_with, sampling_logprobs, Draw, SamplingParams};

@@ -10,24 +10,27 @@
 //! are moved to the front. Once nothing is pending, the batch is compacted whenever half its
 //! slots are idle.
 //!
-//! Every sequence draws from its own generator (keyed by seed, prompt and sample), so its tokens
-//! do not depend on the number of slots or the order of admission.
+//! Every sequence draws from its own counter-based stream (keyed by seed and the sequence's
+//! global index, [`crate::stream_key`]; draw `i` a hash of the key and `i`), so its tokens do
+//! not depend on the number of slots, the order of admission or the device. The draws are made
+//! on the device from the rows' keys and positions; each decode step reads the device once
+//! (the new tokens with their log-probs).
 
 use std::collections::BTreeMap;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
+use crate::counter::{counter_uniforms, stream_key};
 use crate::engine::{DecodeModel, EngineStats, FinishReason, OnFinished, Request, Rollout};
 use crate::error::Result;
-use crate::sampling::sample;
+use crate::sampling::sample_with;
 use icpo_policy::Tokenizer;
 
 /// One sequence in a slot.
 struct Seq {
     rollout: Rollout,
-    rng: ChaCha8Rng,
+    /// Its random stream's key.
+    key: [u32; 2],
     /// Cache column where its (left-padded) prompt starts.
     start: i64,
 }
@@ -127,8 +130,7 @@ pub(crate) fn decode_pool<M: DecodeModel>(
             }
             let len = cache.as_ref().map_or(plen, |c| model.filled(c));
             for (&slot, &(p, s)) in slots_now.iter().zip(&admitted) {
-                let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
-                rng.set_stream(((request.first_prompt + p) * n + s) as u64);
+                let key = stream_key(request.seed, ((request.first_prompt + p) * n + s) as u64);
                 live[slot] = Some(Seq {
                     rollout: Rollout {
                         prompt_index: p,
@@ -138,7 +140,7 @@ pub(crate) fn decode_pool<M: DecodeModel>(
                         sampling_logprobs: Vec::new(),
                         policy_logprobs: Vec::new(),
                     },
-                    rng,
+                    key,
                     start: len - plen,
                 });
             }
@@ -152,23 +154,34 @@ pub(crate) fn decode_pool<M: DecodeModel>(
             break;
         }
         let rows_now = live.len();
-        let picked = if active.len() == rows_now {
-            lg.shallow_clone()
+        // Every row is sampled (an idle one's draw is ignored): no index of the live rows goes
+        // up, and the random numbers are made on the device from keys and positions.
+        let u = if params.temperature == 0.0 {
+            None
         } else {
-            let a: Vec<i64> = active.iter().map(|&i| i as i64).collect();
-            lg.f_index_select(0, &index(&a, lg.device())?)?
+            let mut counters = vec![0i64; rows_now * 3];
+            for (i, seq) in live.iter().enumerate() {
+                if let Some(seq) = seq {
+                    let at = i * 3;
+                    counters[at] = i64::from(seq.key[0]);
+                    counters[at + 1] = i64::from(seq.key[1]);
+                    counters[at + 2] = seq.rollout.tokens.len() as i64;
+                }
+            }
+            let c = Tensor::f_from_slice(&counters)?
+                .f_view([rows_now as i64, 3])?
+                .f_to_device(lg.device())?;
+            Some(counter_uniforms(&c.f_narrow(1, 0, 2)?, &c.f_select(1, 2)?)?)
         };
-        let mut rngs: Vec<ChaCha8Rng> =
-            active.iter().filter_map(|&i| live[i].as_ref().map(|s| s.rng.clone())).collect();
-        let draws = sample(&picked, params, &mut rngs)?;
+        let draws = sample_with(lg, params, u.as_ref())?;
         stats.decode_steps += 1;
         stats.slot_steps += rows_now;
         stats.slots = stats.slots.max(rows_now);
         let mut next = vec![0i64; rows_now];
         let mut go = vec![0i64; rows_now];
-        for ((&i, d), rng) in active.iter().zip(draws).zip(rngs) {
+        for &i in &active {
             let Some(seq) = live[i].as_mut() else { continue };
-            seq.rng = rng;
+            let d = &draws[i];
             let o = &mut seq.rollout;
             o.tokens.push(d.token);
             o.sampling_logprobs.push(d.sampling_logprob);

@@ -129,34 +129,79 @@ pub fn sample(
             rngs.len()
         )));
     }
-    let policy_lp = logits.f_to_kind(Kind::Float)?.f_log_softmax(-1, Kind::Float)?;
-    let (tokens, sampling_lp) = if params.temperature == 0.0 {
-        let t = policy_lp.f_argmax(-1, false)?;
-        let zeros = Tensor::f_zeros([size[0]], (Kind::Float, logits.device()))?;
-        (t, zeros)
+    let u = if params.temperature == 0.0 {
+        None
     } else {
-        let lp = sampling_logprobs(logits, params)?;
-        let cdf = lp.f_exp()?.f_cumsum(-1, Kind::Float)?;
         let u: Vec<f32> = rngs.iter_mut().map(|r| r.gen::<f32>()).collect();
-        // Scale by the total so rounding in the cumsum never pushes u past the end.
-        let total = cdf.f_narrow(1, size[1] - 1, 1)?;
-        let u =
-            Tensor::from_slice(&u).f_to_device(logits.device())?.f_unsqueeze(1)?.f_mul(&total)?;
-        let t = u
-            .f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?
-            .f_squeeze_dim(1)?
-            .f_clamp_max(size[1] - 1)?;
-        let chosen = lp.f_gather(1, &t.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
-        (t, chosen)
+        Some(Tensor::from_slice(&u).f_to_device(logits.device())?)
+    };
+    sample_with(logits, params, u.as_ref())
+}
+
+/// [`sample`] with row `i`'s uniform number `u[i]` given as a tensor on the logits' device
+/// (from [`crate::counter_uniforms`]: no random numbers cross from the host), reading the
+/// tokens and both log-probs back in one device→host copy. `u` is unused when greedy.
+///
+/// # Shapes
+/// `logits`: `(batch, vocab)`; `u`: `(batch,)`.
+pub fn sample_with(
+    logits: &Tensor,
+    params: &SamplingParams,
+    u: Option<&Tensor>,
+) -> Result<Vec<Draw>> {
+    let size = logits.size();
+    if size.len() != 2 {
+        return Err(RolloutError::Input(format!(
+            "sample: logits must be (batch, vocab), got {size:?}"
+        )));
+    }
+    let policy_lp = logits.f_to_kind(Kind::Float)?.f_log_softmax(-1, Kind::Float)?;
+    let (tokens, sampling_lp) = match u {
+        _ if params.temperature == 0.0 => {
+            let t = policy_lp.f_argmax(-1, false)?;
+            let zeros = Tensor::f_zeros([size[0]], (Kind::Float, logits.device()))?;
+            (t, zeros)
+        }
+        None => {
+            return Err(RolloutError::Input("sample: temperature > 0 needs uniform draws".into()))
+        }
+        Some(u) => {
+            if u.size() != [size[0]] {
+                return Err(RolloutError::Input(format!(
+                    "sample: {:?} uniform draws for logits of {size:?}",
+                    u.size()
+                )));
+            }
+            let lp = sampling_logprobs(logits, params)?;
+            let cdf = lp.f_exp()?.f_cumsum(-1, Kind::Float)?;
+            // Scale by the total so rounding in the cumsum never pushes u past the end.
+            let total = cdf.f_narrow(1, size[1] - 1, 1)?;
+            let u = u.f_to_kind(Kind::Float)?.f_unsqueeze(1)?.f_mul(&total)?;
+            let t = u
+                .f_searchsorted(&cdf, false, true, "right", None::<Tensor>)?
+                .f_squeeze_dim(1)?
+                .f_clamp_max(size[1] - 1)?;
+            let chosen = lp.f_gather(1, &t.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
+            (t, chosen)
+        }
     };
     let policy = policy_lp.f_gather(1, &tokens.f_unsqueeze(1)?, false)?.f_squeeze_dim(1)?;
-    let tokens = Vec::<i64>::try_from(&tokens.f_to_device(tch::Device::Cpu)?)?;
-    let s = Vec::<f32>::try_from(&sampling_lp.f_to_device(tch::Device::Cpu)?)?;
-    let p = Vec::<f32>::try_from(&policy.f_to_device(tch::Device::Cpu)?)?;
-    Ok(tokens
-        .into_iter()
-        .zip(s)
-        .zip(p)
-        .map(|((token, s), p)| Draw { token, sampling_logprob: s, policy_logprob: p })
+    // One read: token ids (exact in f64 below 2^53) beside both log-probs.
+    let packed = Tensor::f_stack(
+        &[
+            tokens.f_to_kind(Kind::Double)?,
+            sampling_lp.f_to_kind(Kind::Double)?,
+            policy.f_to_kind(Kind::Double)?,
+        ],
+        1,
+    )?;
+    let values = Vec::<f64>::try_from(&packed.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?)?;
+    Ok(values
+        .chunks_exact(3)
+        .map(|r| Draw {
+            token: r[0] as i64,
+            sampling_logprob: r[1] as f32,
+            policy_logprob: r[2] as f32,
+        })
         .collect())
 }

@@ -64,10 +64,25 @@ fn check(params: SamplingParams, seed: u64) {
             r
         })
         .collect();
-    let draws = sample(&logits, &params, &mut rngs).unwrap();
-    let want = expected(&params);
+    check_draws(&params, &sample(&logits, &params, &mut rngs).unwrap());
+    // The engine's path: counter-based draws made on the device (stream i, position i mod 7).
+    let mut keys = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let k = icpo_rollout::stream_key(seed, i as u64);
+        keys.extend([i64::from(k[0]), i64::from(k[1])]);
+    }
+    let keys = Tensor::from_slice(&keys).view([n as i64, 2]);
+    let positions = Tensor::from_slice(&(0..n as i64).map(|i| i % 7).collect::<Vec<_>>());
+    let u = icpo_rollout::counter_uniforms(&keys, &positions).unwrap();
+    check_draws(&params, &icpo_rollout::sample_with(&logits, &params, Some(&u)).unwrap());
+}
+
+/// The draws follow the filtered distribution (chi-square), with exact log-probs.
+fn check_draws(params: &SamplingParams, draws: &[icpo_rollout::Draw]) {
+    let n = draws.len();
+    let want = expected(params);
     let mut counts = [0usize; 8];
-    for d in &draws {
+    for d in draws {
         counts[d.token as usize] += 1;
         let p = want[d.token as usize];
         assert!(p > 0.0, "{params:?}: drew filtered token {}", d.token);
