@@ -244,9 +244,12 @@ pub(crate) fn decode_pool<M: DecodeModel>(
             }
         }
         // 5. One decode step; idle slots feed a masked token.
+        // Tokens and mask go up in one copy.
         let rows = next.len() as i64;
-        let tokens = Tensor::f_from_slice(&next)?.f_view([rows, 1])?.f_to_device(device)?;
-        let mask = Tensor::f_from_slice(&go)?.f_view([rows, 1])?.f_to_device(device)?;
+        let mut up = next.clone();
+        up.extend_from_slice(&go);
+        let up = Tensor::f_from_slice(&up)?.f_view([2, rows, 1])?.f_to_device(device)?;
+        let (tokens, mask) = (up.f_get(0)?, up.f_get(1)?);
         logits = Some(model.step(&tokens, &mask, c)?.f_to_kind(Kind::Float)?);
     }
     Ok(done)
