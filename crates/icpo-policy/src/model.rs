@@ -340,11 +340,14 @@ impl CausalLm {
         }
     }
 
-    /// A handle to decode with. On a CPU its projections are packed for the few-row products
-    /// of decoding (transposed to `(in, out)`, q/k/v and gate/up fused; a copy of the weights,
-    /// which then takes twice the memory); on a GPU it is [`CausalLm::fork`]. The copy does not
-    /// follow later updates of the weights and passes no gradient to them: make a new one after
-    /// an optimiser step, and train with the model itself.
+    /// A handle to decode with: its projections are packed once, in the compute dtype, for the
+    /// few-row products of decoding (transposed to `(in, out)`, q/k/v and gate/up fused, so a
+    /// decode step neither re-concatenates gate/up nor runs q, k and v apart) — a copy of the
+    /// weights, 2 bytes per parameter in bf16, held while decoding, on a GPU as on a CPU. On a
+    /// CPU the output head gets a transposed copy too (on a GPU the head's product reads the
+    /// weight as it is). The copy does not follow later updates of the weights and passes no
+    /// gradient to them: make a new one after an optimiser step, and train with the model
+    /// itself.
     pub fn decoding_copy(&self) -> Result<CausalLm> {
         let mut copy = self.fork();
         tch::no_grad(|| -> Result<()> {
@@ -357,10 +360,10 @@ impl CausalLm {
                 copy.lm_head = self.lm_head.f_to_kind(kind)?;
                 copy.dtype = self.compute;
             }
+            for layer in copy.layers.iter_mut() {
+                layer.pack()?;
+            }
             if self.device() == Device::Cpu {
-                for layer in copy.layers.iter_mut() {
-                    layer.pack()?;
-                }
                 copy.lm_head_t = Some(copy.lm_head.f_detach()?.f_tr()?.f_contiguous()?);
             }
             Ok(())
