@@ -3,9 +3,15 @@
 //! without the lean pass (lean head + activation checkpointing), printing the largest gradient
 //! difference and each pass's peak CUDA memory (the caching allocator's statistics).
 //!
-//! `cargo run --release --example gpu_check -- [MODEL_DIR] [--seq-len N]` (default model:
-//! testdata/tiny-qwen3). Prints one JSON line per comparison. Without a CUDA device it says so
-//! and exits 0. `scripts/gpu-check` wraps it.
+//! Then, at scale, on a random model of Qwen3-1.7B's shape in bf16: decode-step times at 64 and
+//! 256 rows after 512-token prompts (the sampler's path: `decoding_copy`, `decode_sampled`, no
+//! host read inside the timed steps), and the peak CUDA memory of one training pass (lean head,
+//! activation checkpointing) over a 512-token prompt and an 8,192-token response.
+//!
+//! `cargo run --release --example gpu_check -- [MODEL_DIR] [--seq-len N] [--no-scale]`
+//! (default model: testdata/tiny-qwen3). Prints one JSON line per measurement. Without a CUDA
+//! device it says so and exits 0. `scripts/gpu-check` wraps it and gathers the lines into one
+//! report.
 
 #![allow(missing_docs)] // an example, not an API
 
@@ -20,9 +26,11 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut model_dir = String::from("testdata/tiny-qwen3");
     let mut seq_len = 64i64;
+    let mut scale = true;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seq-len" => seq_len = args.next().context("--seq-len needs a value")?.parse()?,
+            "--no-scale" => scale = false,
             other => model_dir = other.to_string(),
         }
     }
@@ -61,6 +69,83 @@ fn main() -> Result<()> {
         );
     }
     lean_pass_on_cuda(&model_dir, seq_len)?;
+    if scale {
+        decode_and_train_at_scale()?;
+    }
+    Ok(())
+}
+
+/// Qwen3-1.7B's shape (hidden 2,048, 28 layers, 16 heads / 8 KV heads of 128, MLP 6,144,
+/// vocab 151,936, tied head), random weights.
+fn qwen3_1_7b_shape() -> Result<icpo::policy::ModelConfig> {
+    Ok(icpo::policy::ModelConfig::from_json(
+        serde_json::json!({
+            "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+            "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+            "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+            "head_dim": 128, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+            "rope_theta": 1_000_000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
+        }),
+        std::path::Path::new("(gpu_check: Qwen3-1.7B shape)"),
+    )?)
+}
+
+/// Decode-step times at 64 and 256 rows, and one 8k-token training pass's peak memory.
+fn decode_and_train_at_scale() -> Result<()> {
+    let device = tch::Device::Cuda(0);
+    let options =
+        LoadOptions { device: DeviceOpt::Cuda(0), dtype: DType::BF16, ..Default::default() };
+    tch::manual_seed(2);
+    let mut model = CausalLm::new(qwen3_1_7b_shape()?, options)?;
+    let vocab = model.config().vocab_size;
+    let (prompt_len, steps) = (512i64, 32usize);
+    for rows in [64i64, 256] {
+        let decoder = model.decoding_copy()?;
+        let ids = Tensor::randint(vocab, [rows, prompt_len], (Kind::Int64, device));
+        let mask = Tensor::ones([rows, prompt_len], (Kind::Int64, device));
+        let live = Tensor::ones([rows, 1], (Kind::Int64, device));
+        let (mut logits, mut cache) =
+            tch::no_grad(|| decoder.prefill(&ids, &mask, prompt_len + steps as i64 + 8))?;
+        let mut times = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            tch::Cuda::synchronize(0);
+            let t = std::time::Instant::now();
+            let next = logits.argmax(-1, false).unsqueeze(1);
+            logits =
+                tch::no_grad(|| decoder.decode_sampled(&next, &live, &mut cache))?.select(1, 0);
+            tch::Cuda::synchronize(0);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        // The first steps warm up kernels and the allocator: the median of the rest.
+        let mut warm: Vec<f64> = times[4..].to_vec();
+        warm.sort_by(f64::total_cmp);
+        let median = warm[warm.len() / 2];
+        println!(
+            "{{\"scale\": \"decode\", \"model\": \"qwen3-1.7b-shape bf16\", \"rows\": {rows}, \"prompt_tokens\": {prompt_len}, \"step_ms_median\": {median:.3}, \"step_ms\": {times:?}, \"tokens_per_s\": {:.1}}}",
+            rows as f64 / (median / 1e3)
+        );
+    }
+    // One training pass at the paper's response length: lean head and checkpointing.
+    set_lean_head(true);
+    model.set_gradient_checkpointing(true);
+    let (p, r) = (512i64, 8192i64);
+    let prompt = Tensor::randint(vocab, [1, p], (Kind::Int64, device));
+    let response = Tensor::randint(vocab, [1, r], (Kind::Int64, device));
+    let ones = |n| Tensor::ones([1, n], (Kind::Int64, device));
+    tch::Cuda::synchronize(0);
+    reset_peak_memory(device);
+    let t = std::time::Instant::now();
+    let out =
+        model.response_logprobs(&prompt, &ones(p), &response, &ones(r), Entropy::Differentiable)?;
+    let entropy = out.entropy.context("entropy")?;
+    (out.logprobs.mean(Kind::Float) + entropy.mean(Kind::Float) * 0.01).backward();
+    tch::Cuda::synchronize(0);
+    let peak = peak_memory_bytes(device).context("no CUDA allocator statistics")?;
+    println!(
+        "{{\"scale\": \"train_pass\", \"model\": \"qwen3-1.7b-shape bf16\", \"prompt_tokens\": {p}, \"response_tokens\": {r}, \"peak_allocated_gb\": {:.3}, \"seconds\": {:.3}}}",
+        peak as f64 / 1e9,
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
