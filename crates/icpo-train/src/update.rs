@@ -53,9 +53,8 @@ impl Trainer {
     /// The second half of a step (see [`Trainer::rollout`]): π_old and reference log-probs
     /// where needed, the mini-batch updates with micro-batch accumulation over
     /// `batch.trajectories`, and the step's metrics; the step count advances. Its phases are
-    /// the functions below: [`Trainer::global_view`] (where this rank's trajectories sit in the
-    /// whole step), [`Trainer::logprob_passes`], [`Trainer::optimise`] and
-    /// [`Trainer::step_metrics`].
+    /// the crate's functions `global_view` (where this rank's trajectories sit in the whole
+    /// step), `logprob_passes`, `optimise` and `step_metrics`.
     pub fn update(&mut self, batch: StepBatch) -> Result<Metrics> {
         if batch.step != self.step {
             return Err(TrainError::Aborted(format!(
