@@ -223,16 +223,10 @@ impl AdamW {
         lr: f64,
         norm: f64,
     ) -> Result<()> {
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            cfg.grad_clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
+        let scale = clip_scale(cfg, norm);
         self.accumulate(params)?;
         self.updates += 1;
-        let t = self.updates as i32;
-        let (b1, b2) = (cfg.beta1, cfg.beta2);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let t = self.updates;
         tch::no_grad(|| -> Result<()> {
             for (name, p) in params {
                 let Some(g) = self.gradient(name, p) else {
@@ -241,23 +235,16 @@ impl AdamW {
                 let g = g.f_to_kind(Kind::Float)?;
                 let m = self.m.entry(name.clone()).or_insert_with(|| g.zeros_like());
                 let v = self.v.entry(name.clone()).or_insert_with(|| g.zeros_like());
-                // m ← β1·m + (1−β1)·g·scale;  v ← β2·v + (1−β2)·(g·scale)²
-                let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar((1.0 - b1) * scale)?)?;
-                let _ = v
-                    .f_mul_scalar_(b2)?
-                    .f_add_(&g.f_square()?.f_mul_scalar_((1.0 - b2) * scale * scale)?)?;
-                // p ← p·(1 − lr·wd) − lr · (m / c1) / (sqrt(v) / sqrt(c2) + eps)
-                let denom = v.f_sqrt()?.f_div_scalar_(c2.sqrt())?.f_add_scalar_(cfg.eps)?;
-                let update = m.f_div(&denom)?.f_mul_scalar_(lr / c1)?;
+                let update = adamw_update(m, v, &g, cfg, (lr, scale, t))?;
                 let mut p = p.shallow_clone();
                 if p.kind() == Kind::Float {
-                    let _ = p.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
+                    apply_update(&mut p, &update, cfg, lr)?;
                     continue;
                 }
                 // The update goes to the f32 master; the weight is the master rounded.
                 self.ensure_buffers(name, &p)?;
                 if let Some(master) = self.master.get_mut(name) {
-                    let _ = master.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
+                    apply_update(master, &update, cfg, lr)?;
                     p.f_copy_(master)?;
                 }
             }
@@ -376,6 +363,47 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// The factor gradients are scaled by when their global norm `norm` exceeds `grad_clip`.
+pub(crate) fn clip_scale(cfg: &OptimSection, norm: f64) -> f64 {
+    if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+        cfg.grad_clip / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// AdamW's moment updates for gradient `g` (scaled by `scale`) at update number `t` (1-based),
+/// in place, and the step to subtract, `lr · (m / c1) / (sqrt(v) / sqrt(c2) + eps)`: one
+/// arithmetic for the replicated optimiser's tensors and a sharded one's flat shard.
+pub(crate) fn adamw_update(
+    m: &mut Tensor,
+    v: &mut Tensor,
+    g: &Tensor,
+    cfg: &OptimSection,
+    (lr, scale, t): (f64, f64, u64),
+) -> Result<Tensor> {
+    let (b1, b2) = (cfg.beta1, cfg.beta2);
+    let t = i32::try_from(t).unwrap_or(i32::MAX);
+    let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+    // m ← β1·m + (1−β1)·g·scale;  v ← β2·v + (1−β2)·(g·scale)²
+    let _ = m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar((1.0 - b1) * scale)?)?;
+    let _ =
+        v.f_mul_scalar_(b2)?.f_add_(&g.f_square()?.f_mul_scalar_((1.0 - b2) * scale * scale)?)?;
+    let denom = v.f_sqrt()?.f_div_scalar_(c2.sqrt())?.f_add_scalar_(cfg.eps)?;
+    Ok(m.f_div(&denom)?.f_mul_scalar_(lr / c1)?)
+}
+
+/// `x ← x·(1 − lr·wd) − update`: decoupled weight decay, then the step.
+pub(crate) fn apply_update(
+    x: &mut Tensor,
+    update: &Tensor,
+    cfg: &OptimSection,
+    lr: f64,
+) -> Result<()> {
+    let _ = x.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(update)?;
+    Ok(())
 }
 
 /// Sets every gradient to zero (after an update, or after a skipped one).

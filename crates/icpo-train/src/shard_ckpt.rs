@@ -255,22 +255,9 @@ fn check_shape(path: &Path, key: &str, shape: &[i64], weight: Option<&Tensor>) -
 mod tests {
     use super::*;
     use crate::optimizer::Optimizer;
-    use crate::zero::ZeroAdamW;
-    use icpo_dist::{ProcessGroup, Single};
+    use crate::zero::{Seat, ZeroAdamW};
+    use icpo_dist::Single;
     use std::collections::HashMap;
-
-    struct Seat(usize, usize);
-    impl ProcessGroup for Seat {
-        fn rank(&self) -> usize {
-            self.0
-        }
-        fn world_size(&self) -> usize {
-            self.1
-        }
-        fn all_gather_bytes(&self, what: &str, _: &[u8]) -> icpo_dist::Result<Vec<Vec<u8>>> {
-            Err(icpo_dist::DistError::Store(format!("no peers for `{what}`")))
-        }
-    }
 
     /// Known whole state: element i of `prefix` of weight number w is 1000·p + 100·w + i.
     fn whole(prefix: usize, w: usize, numel: i64) -> Tensor {

@@ -22,6 +22,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::OptimSection;
 use crate::error::Result;
+use crate::optim::{adamw_update, apply_update, clip_scale};
 
 /// Elements (all ranks together) per bucket: 64 Mi, 256 MB of f32 gradient in flight.
 const BUCKET_ELEMS: i64 = 1 << 26;
@@ -44,6 +45,16 @@ impl Slot {
     pub fn range(&self, rank: usize) -> (i64, i64) {
         let lo = (rank as i64 * self.chunk).min(self.numel);
         (lo, (lo + self.chunk).min(self.numel))
+    }
+
+    /// Copies rank `rank`'s elements of `weight` into its place in the shard tensor `shard`.
+    fn copy_owned(&self, rank: usize, weight: &Tensor, shard: &Tensor) -> Result<()> {
+        let (lo, hi) = self.range(rank);
+        if hi > lo {
+            let w = weight.f_detach()?.f_reshape([-1])?.f_narrow(0, lo, hi - lo)?;
+            shard.f_narrow(0, self.offset, hi - lo)?.f_copy_(&w)?;
+        }
+        Ok(())
     }
 }
 
@@ -123,11 +134,7 @@ impl ZeroAdamW {
         let zeros = || Tensor::f_zeros([len], (Kind::Float, device));
         let master = zeros()?;
         for s in &slots {
-            let (lo, hi) = s.range(rank);
-            if hi > lo {
-                let w = params[&s.name].f_detach()?.f_reshape([-1])?.f_narrow(0, lo, hi - lo)?;
-                master.f_narrow(0, s.offset, hi - lo)?.f_copy_(&w)?;
-            }
+            s.copy_owned(rank, &params[&s.name], &master)?;
         }
         Ok(ZeroAdamW {
             updates: 0,
@@ -277,25 +284,12 @@ impl ZeroAdamW {
         norm: f64,
         group: &dyn ProcessGroup,
     ) -> Result<()> {
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            cfg.grad_clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
+        let scale = clip_scale(cfg, norm);
         self.updates += 1;
-        let t = self.updates as i32;
-        let (b1, b2) = (cfg.beta1, cfg.beta2);
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let t = self.updates;
         tch::no_grad(|| -> Result<()> {
-            let g = &self.grad;
-            let _ = self.m.f_mul_scalar_(b1)?.f_add_(&g.f_mul_scalar((1.0 - b1) * scale)?)?;
-            let _ = self
-                .v
-                .f_mul_scalar_(b2)?
-                .f_add_(&g.f_square()?.f_mul_scalar_((1.0 - b2) * scale * scale)?)?;
-            let denom = self.v.f_sqrt()?.f_div_scalar_(c2.sqrt())?.f_add_scalar_(cfg.eps)?;
-            let update = self.m.f_div(&denom)?.f_mul_scalar_(lr / c1)?;
-            let _ = self.master.f_mul_scalar_(1.0 - lr * cfg.weight_decay)?.f_sub_(&update)?;
+            let update = adamw_update(&mut self.m, &mut self.v, &self.grad, cfg, (lr, scale, t))?;
+            apply_update(&mut self.master, &update, cfg, lr)?;
             let _ = self.grad.f_zero_()?;
             self.gather_weights(params, group)
         })
@@ -358,7 +352,7 @@ impl ZeroAdamW {
         lo: i64,
         piece: &Tensor,
     ) -> Result<i64> {
-        let Some(s) = self.slots.iter().find(|s| s.name == name) else { return Ok(0) };
+        let Some(s) = self.slot(name) else { return Ok(0) };
         let dst = match prefix {
             "m" => &self.m,
             "v" => &self.v,
@@ -375,9 +369,13 @@ impl ZeroAdamW {
         Ok(b - a)
     }
 
+    fn slot(&self, name: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.name == name)
+    }
+
     /// Elements this rank holds of weight `name` (0 for an unknown one).
     pub(crate) fn owned(&self, name: &str) -> i64 {
-        self.slots.iter().find(|s| s.name == name).map_or(0, |s| {
+        self.slot(name).map_or(0, |s| {
             let (lo, hi) = s.range(self.rank);
             hi - lo
         })
@@ -385,14 +383,28 @@ impl ZeroAdamW {
 
     /// Sets the master of weight `name` from the weight itself (a checkpoint of f32 weights
     /// holds no separate master).
-    pub(crate) fn master_from_weight(&mut self, name: &str, weight: &Tensor) -> Result<()> {
-        let Some(s) = self.slots.iter().find(|s| s.name == name) else { return Ok(()) };
-        let (lo, hi) = s.range(self.rank);
-        if hi > lo {
-            let w = weight.f_detach()?.f_reshape([-1])?.f_narrow(0, lo, hi - lo)?;
-            self.master.f_narrow(0, s.offset, hi - lo)?.f_copy_(&w)?;
+    pub(crate) fn master_from_weight(&self, name: &str, weight: &Tensor) -> Result<()> {
+        match self.slot(name) {
+            Some(s) => s.copy_owned(self.rank, weight, &self.master),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// A rank of a world that is never talked to (layouts and files only), for tests.
+#[cfg(test)]
+pub(crate) struct Seat(pub usize, pub usize);
+
+#[cfg(test)]
+impl ProcessGroup for Seat {
+    fn rank(&self) -> usize {
+        self.0
+    }
+    fn world_size(&self) -> usize {
+        self.1
+    }
+    fn all_gather_bytes(&self, what: &str, _: &[u8]) -> icpo_dist::Result<Vec<Vec<u8>>> {
+        Err(icpo_dist::DistError::Store(format!("no peers for `{what}`")))
     }
 }
 
@@ -400,21 +412,6 @@ impl ZeroAdamW {
 mod tests {
     use super::*;
     use crate::optim::AdamW;
-
-    /// A rank of a world that is never talked to (layouts and files only).
-    struct Seat(usize, usize);
-
-    impl ProcessGroup for Seat {
-        fn rank(&self) -> usize {
-            self.0
-        }
-        fn world_size(&self) -> usize {
-            self.1
-        }
-        fn all_gather_bytes(&self, what: &str, _: &[u8]) -> icpo_dist::Result<Vec<Vec<u8>>> {
-            Err(icpo_dist::DistError::Store(format!("no peers for `{what}`")))
-        }
-    }
 
     fn weights(kind: Kind) -> BTreeMap<String, Tensor> {
         let a = Tensor::from_slice(&[0.5f32, -0.25, 1.5, 0.01, -2.0]).to_kind(kind);
