@@ -1,16 +1,22 @@
 //! Links libtorch for this crate's tests, examples and binaries (see icpo-build), and compiles
-//! the fused CPU kernels of `csrc/fused.cpp` and the activation checkpointing of
-//! `csrc/recompute.cpp` against libtorch's headers (cfg `icpo_fused`; without
-//! libtorch, as with the `doc-only` feature, the crate uses libtorch's composed ops instead).
+//! the fused CPU kernels of `csrc/fused.cpp`, the oneDNN shim of `csrc/onednn.cpp` and the
+//! activation checkpointing of `csrc/recompute.cpp` against libtorch's headers (cfg
+//! `icpo_fused`; without libtorch, as with the `doc-only` feature, the crate uses libtorch's
+//! composed ops instead).
 
 use std::path::Path;
 
 fn main() {
     icpo_build::link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(icpo_fused)");
-    for file in
-        ["csrc/fused.cpp", "csrc/recompute.cpp", "csrc/ffi.h", "csrc/kernels.cpp", "csrc/kernels.h"]
-    {
+    for file in [
+        "csrc/fused.cpp",
+        "csrc/recompute.cpp",
+        "csrc/onednn.cpp",
+        "csrc/ffi.h",
+        "csrc/kernels.cpp",
+        "csrc/kernels.h",
+    ] {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -57,6 +63,7 @@ fn main() {
         .file("csrc/fused.cpp")
         .file("csrc/recompute.cpp")
         .file("csrc/device_memory.cpp")
+        .file("csrc/onednn.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -16,6 +16,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -310,6 +311,49 @@ char* icpo_fused_rope(const Tensor* x, const Tensor* cos, const Tensor* sin, Ten
             "rope: cos/sin " + dims(*t) + " must be (batch, seq, head_dim) of x " + dims(*x));
     }
     *out = new Tensor(Rope::apply(*x, *cos, *sin));
+  });
+}
+
+char* icpo_fused_single_query_attention(const Tensor* q, const Tensor* k, const Tensor* v,
+                                        const Tensor* mask, Tensor** out) {
+  return guarded([&] {
+    for (const Tensor* t : {q, k, v, mask}) {
+      check(t->defined() && t->device().is_cpu() && t->scalar_type() == at::kFloat,
+            "single_query_attention: q, k, v and the mask must be float32 CPU tensors");
+    }
+    check(q->dim() == 4 && q->size(2) == 1 && k->dim() == 4 && v->sizes() == k->sizes() &&
+              k->size(0) == q->size(0) && k->size(3) == q->size(3) && k->size(1) >= 1 &&
+              q->size(1) % k->size(1) == 0,
+          "single_query_attention: q " + dims(*q) +
+              " must be (batch, heads, 1, head_dim) and k, v (batch, kv_heads, len, head_dim) " +
+              "with heads a multiple of kv_heads; got k " + dims(*k) + ", v " + dims(*v));
+    int64_t b = q->size(0), nh = q->size(1), dim = q->size(3), nkv = k->size(1),
+            len = k->size(2);
+    check(mask->numel() == b * len,
+          "single_query_attention: mask " + dims(*mask) + " must be (batch, 1, 1, len)");
+    check(k->stride(3) == 1 && v->stride(3) == 1,
+          "single_query_attention: k and v must be contiguous along head_dim");
+    Tensor qc = q->contiguous(), mc = mask->reshape({b, len}).contiguous();
+    Tensor o = at::empty({b, nh, 1, dim}, q->options());
+    int64_t ks[3] = {k->stride(0), k->stride(1), k->stride(2)};
+    int64_t vs[3] = {v->stride(0), v->stride(1), v->stride(2)};
+    float scale = 1.f / std::sqrt(static_cast<float>(dim));
+    const float *qp = qc.const_data_ptr<float>(), *kp = k->const_data_ptr<float>(),
+                *vp = v->const_data_ptr<float>(), *mp = mc.const_data_ptr<float>();
+    float* op = o.data_ptr<float>();
+    int64_t g = nh / nkv;
+    at::parallel_for(0, b * nkv, 1, [&](int64_t begin, int64_t end) {
+#if defined(ICPO_HAVE_AVX2)
+      if (use_avx2()) {
+        icpo_avx2::single_query_attention(qp, kp, vp, mp, op, begin, end, nkv, g, dim, len, ks,
+                                          vs, scale);
+        return;
+      }
+#endif
+      icpo_base::single_query_attention(qp, kp, vp, mp, op, begin, end, nkv, g, dim, len, ks, vs,
+                                        scale);
+    });
+    *out = new Tensor(o);
   });
 }
 

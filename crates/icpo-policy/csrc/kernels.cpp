@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "kernels.h"
 
@@ -186,5 +188,90 @@ void rope(const T* __restrict x, const float* __restrict cos, const float* __res
 
 ICPO_INSTANTIATE(float)
 ICPO_INSTANTIATE(uint16_t)
+
+// A decode step's attention: one query row per head, so the products are dot products over a
+// head's cache. Keys are taken 8 at a time and values 4 at a time so that independent sums
+// hide the FMA latency (one key at a time is a chain of dim/8 dependent FMAs per key). Softmax
+// in f32 with the maximum subtracted (as libtorch's); unseen keys get weight exactly 0.
+void single_query_attention(const float* __restrict q, const float* __restrict k,
+                            const float* __restrict v, const float* __restrict mask,
+                            float* __restrict out, int64_t begin, int64_t end, int64_t kv_heads,
+                            int64_t g, int64_t dim, int64_t len, const int64_t* k_strides,
+                            const int64_t* v_strides, float scale) {
+  std::vector<float> scores(static_cast<size_t>(len));
+  float* __restrict s = scores.data();
+  const float inf = std::numeric_limits<float>::infinity();
+  const int64_t ks = k_strides[2], vs = v_strides[2];
+  for (int64_t pair = begin; pair < end; ++pair) {
+    int64_t b = pair / kv_heads, kh = pair % kv_heads;
+    const float* kb = k + b * k_strides[0] + kh * k_strides[1];
+    const float* vb = v + b * v_strides[0] + kh * v_strides[1];
+    const float* m = mask + b * len;
+    for (int64_t h = 0; h < g; ++h) {
+      const float* __restrict qr = q + (pair * g + h) * dim;
+      int64_t j = 0;
+      for (; j + 8 <= len; j += 8) {
+        const float* kr = kb + j * ks;
+        float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f, d4 = 0.f, d5 = 0.f, d6 = 0.f, d7 = 0.f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3, d4, d5, d6, d7)
+        for (int64_t i = 0; i < dim; ++i) {
+          float x = qr[i];
+          d0 += x * kr[i];
+          d1 += x * kr[ks + i];
+          d2 += x * kr[2 * ks + i];
+          d3 += x * kr[3 * ks + i];
+          d4 += x * kr[4 * ks + i];
+          d5 += x * kr[5 * ks + i];
+          d6 += x * kr[6 * ks + i];
+          d7 += x * kr[7 * ks + i];
+        }
+        s[j] = d0;
+        s[j + 1] = d1;
+        s[j + 2] = d2;
+        s[j + 3] = d3;
+        s[j + 4] = d4;
+        s[j + 5] = d5;
+        s[j + 6] = d6;
+        s[j + 7] = d7;
+      }
+      for (; j < len; ++j) {
+        const float* __restrict kr = kb + j * ks;
+        float d = 0.f;
+#pragma omp simd reduction(+ : d)
+        for (int64_t i = 0; i < dim; ++i) d += qr[i] * kr[i];
+        s[j] = d;
+      }
+      float mx = -inf;
+      for (int64_t j2 = 0; j2 < len; ++j2) {
+        s[j2] = s[j2] * scale + m[j2];
+        mx = s[j2] > mx ? s[j2] : mx;
+      }
+      float sum = 0.f;
+      for (int64_t j2 = 0; j2 < len; ++j2) {
+        float p = m[j2] == -inf ? 0.f : exp_f32(s[j2] - mx);
+        s[j2] = p;
+        sum += p;
+      }
+      float inv = 1.f / sum;
+      float* __restrict o = out + (pair * g + h) * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) o[i] = 0.f;
+      j = 0;
+      for (; j + 4 <= len; j += 4) {
+        const float* vr = vb + j * vs;
+        float p0 = s[j] * inv, p1 = s[j + 1] * inv, p2 = s[j + 2] * inv, p3 = s[j + 3] * inv;
+#pragma omp simd
+        for (int64_t i = 0; i < dim; ++i)
+          o[i] += p0 * vr[i] + p1 * vr[vs + i] + p2 * vr[2 * vs + i] + p3 * vr[3 * vs + i];
+      }
+      for (; j < len; ++j) {
+        const float* __restrict vr = vb + j * vs;
+        float p = s[j] * inv;
+#pragma omp simd
+        for (int64_t i = 0; i < dim; ++i) o[i] += p * vr[i];
+      }
+    }
+  }
+}
 
 }  // namespace ICPO_NS

@@ -1,5 +1,5 @@
-//! Attention masks and kernels: libtorch's fused attention, and batched products for the single
-//! query of a decoding step on a CPU.
+//! Attention masks and kernels: libtorch's fused attention, and for the single query of a
+//! decoding step on a CPU a fused kernel (`csrc/kernels.cpp`) or, without it, batched products.
 
 use tch::{Device, Kind, Tensor};
 
@@ -77,17 +77,36 @@ pub(crate) fn attend(
     Ok(Tensor::f_scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, grouped)?)
 }
 
-/// Attention of one new query per row over its cached keys, as batched products: on a CPU,
-/// libtorch's flash kernel issues a matrix-vector product per row and head for a single query,
-/// and two batched products (the query heads sharing a key head stacked as rows) take about
-/// two thirds of its time. Same result up to float rounding; f32 only (bf16 keeps the fused
-/// kernel, which accumulates in f32).
+/// Attention of one new query per row over its cached keys, f32. On a CPU with the fused
+/// kernels, one pass per (row, key head) that reads each cached key and value once for the query
+/// heads sharing them: libtorch's flash kernel issues a matrix-vector product per row and head
+/// for a single query, and MKL's batched products ([`composed_single_query_attention`], the
+/// path without the kernels) spend most of their time in per-matrix overhead at these sizes.
+/// Inputs that require gradients take the composed path (the kernel has no backward). Same
+/// result up to float rounding (bf16 keeps libtorch's fused kernel, which accumulates in f32).
 ///
 /// # Shapes
 /// - `q`: `(batch, heads, 1, head_dim)`; `k`, `v`: `(batch, kv_heads, len, head_dim)`
 /// - `additive_mask`: `(batch, 1, 1, len)`, 0 where a key is seen, −∞ where not
 /// - returns `(batch, heads, 1, head_dim)`
 pub(crate) fn single_query_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    additive_mask: &Tensor,
+) -> Result<Tensor> {
+    #[cfg(icpo_fused)]
+    if crate::fused::fused_kernels_enabled()
+        && [q, k, v].iter().all(|t| t.device() == Device::Cpu && !t.requires_grad())
+    {
+        return ffi::single_query_attention(q, k, v, additive_mask);
+    }
+    composed_single_query_attention(q, k, v, additive_mask)
+}
+
+/// [`single_query_attention`] as two batched products (the query heads sharing a key head
+/// stacked as rows).
+fn composed_single_query_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -111,6 +130,55 @@ pub(crate) fn single_query_attention(
     )?;
     let probs = scores.f_softmax(-1, q.kind())?;
     Ok(probs.f_bmm(&v.f_reshape([b * nkv, len, hd])?)?.f_view([b, nh, 1, hd])?)
+}
+
+#[cfg(icpo_fused)]
+#[allow(unsafe_code)] // the C interface of csrc/fused.cpp; every call is checked there
+mod ffi {
+    use std::ptr;
+
+    use tch::Tensor;
+    use torch_sys::C_tensor;
+
+    use crate::error::{PolicyError, Result};
+    use crate::fused::ffi::check;
+
+    extern "C" {
+        fn icpo_fused_single_query_attention(
+            q: *const C_tensor,
+            k: *const C_tensor,
+            v: *const C_tensor,
+            mask: *const C_tensor,
+            out: *mut *mut C_tensor,
+        ) -> *mut std::ffi::c_char;
+    }
+
+    pub(super) fn single_query_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
+        let mut out = ptr::null_mut();
+        // SAFETY: live tensors; `out` is written only on success.
+        let err = unsafe {
+            icpo_fused_single_query_attention(
+                q.as_ptr(),
+                k.as_ptr(),
+                v.as_ptr(),
+                mask.as_ptr(),
+                &mut out,
+            )
+        };
+        check(err)?;
+        if out.is_null() {
+            return Err(PolicyError::Torch(tch::TchError::Torch(
+                "single_query_attention returned no tensor".into(),
+            )));
+        }
+        // SAFETY: on success the C side set `out` to a new heap `at::Tensor` that we now own.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
 }
 
 #[cfg(test)]
@@ -138,13 +206,57 @@ mod tests {
         assert!(d < 1e-6, "max |Δ| = {d:e}");
     }
 
+    /// The kernel and the batched products against libtorch's fused attention, on a cache whose
+    /// keys and values are views into a larger capacity (as decoding's are), grouped heads,
+    /// unseen keys of varying number and a row that sees a single key.
+    #[test]
+    fn both_single_query_paths_match_sdpa_on_strided_caches() {
+        tch::manual_seed(1);
+        let opts = (Kind::Float, Device::Cpu);
+        for (b, nh, nkv, hd, len) in [(4, 8, 2, 64, 37), (2, 3, 3, 16, 1), (5, 4, 1, 24, 130)] {
+            let cap = len + 9;
+            let kc = Tensor::randn([b, nkv, cap, hd], opts);
+            let vc = Tensor::randn([b, nkv, cap, hd], opts);
+            let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
+            // q as a decode step makes it: a transposed view.
+            let q = Tensor::randn([b, 1, nh, hd], opts).transpose(1, 2);
+            // Row r does not see its first r keys (the last key is always seen).
+            let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu)).view([1, 1, 1, len]);
+            let first =
+                Tensor::arange(b, (Kind::Int64, Device::Cpu)).clamp_max(len - 1).view([b, 1, 1, 1]);
+            let seen = pos.ge_tensor(&first);
+            let additive = single_query_mask(&seen, Kind::Float).unwrap().unwrap();
+            let reference = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&seen),
+                0.0,
+                false,
+                None,
+                true,
+            );
+            let fast = single_query_attention(&q, &k, &v, &additive).unwrap();
+            let composed = composed_single_query_attention(&q, &k, &v, &additive).unwrap();
+            for (name, got) in [("kernel", fast), ("composed", composed)] {
+                assert_eq!(got.size(), [b, nh, 1, hd]);
+                let d = (got - &reference).abs().max().double_value(&[]);
+                assert!(d < 2e-6, "{name} {b}x{nh}/{nkv}x{hd} over {len}: max |Δ| = {d:e}");
+            }
+        }
+    }
+
     #[test]
     fn single_query_attention_names_bad_shapes() {
         let opts = (Kind::Float, Device::Cpu);
         let q = Tensor::zeros([1, 3, 1, 4], opts);
         let k = Tensor::zeros([1, 2, 5, 4], opts);
         let mask = Tensor::zeros([1, 1, 1, 5], opts);
-        let e = single_query_attention(&q, &k, &k, &mask).unwrap_err().to_string();
-        assert!(e.contains("[1, 3, 1, 4]") && e.contains("[1, 2, 5, 4]"), "{e}");
+        for e in [
+            single_query_attention(&q, &k, &k, &mask).unwrap_err().to_string(),
+            composed_single_query_attention(&q, &k, &k, &mask).unwrap_err().to_string(),
+        ] {
+            assert!(e.contains("1, 3, 1, 4") && e.contains("1, 2, 5, 4"), "{e}");
+        }
     }
 }

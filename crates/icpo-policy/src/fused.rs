@@ -32,7 +32,7 @@ pub(crate) fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<
 }
 
 /// A process-wide switch in `cell`, on unless the environment variable `var` is `0`.
-fn env_switch(cell: &'static OnceLock<AtomicBool>, var: &str) -> &'static AtomicBool {
+pub(crate) fn env_switch(cell: &'static OnceLock<AtomicBool>, var: &str) -> &'static AtomicBool {
     cell.get_or_init(|| AtomicBool::new(std::env::var(var).map_or(true, |v| v.trim() != "0")))
 }
 

@@ -7,6 +7,7 @@ use tch::{Kind, Tensor};
 use crate::attention::attend;
 use crate::error::Result;
 use crate::fused::{self, rms_norm};
+use crate::onednn::Proj;
 
 /// A layer's weights, as the checkpoint stores them (`(out, in)` matrices).
 pub(crate) struct Layer {
@@ -32,17 +33,17 @@ pub(crate) struct Layer {
     pub(crate) packed: Option<Packed>,
 }
 
-/// A layer's projections transposed to `(in, out)` and fused (q/k/v into one matrix, gate/up
-/// into another): on a CPU, MKL multiplies the few rows of a decoding step by a contiguous
-/// `(in, out)` matrix without repacking it on every call, and one wide product replaces two or
-/// three narrow ones. A detached copy: it does not follow later updates of the weights.
+/// A layer's projections laid out for decoding ([`Proj`]: oneDNN's packed form on a CPU, else
+/// transposed) and fused (q/k/v into one matrix, gate/up into another), so that one wide product
+/// replaces two or three narrow ones. A detached copy: it does not follow later updates of the
+/// weights.
 pub(crate) struct Packed {
-    qkv: Tensor,
+    qkv: Proj,
     qkv_bias: Option<Tensor>,
-    o: Tensor,
-    gate_up: Tensor,
+    o: Proj,
+    gate_up: Proj,
     gate_up_bias: Option<Tensor>,
-    down: Tensor,
+    down: Proj,
     /// Qwen3's q and k norm weights side by side, `(heads + kv_heads, head_dim)`, so that one
     /// normalisation and one rotation serve the queries and keys of a decoding step.
     qk_norm: Option<Tensor>,
@@ -86,13 +87,9 @@ fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
     Ok(x.f_linear(w, b.as_ref())?)
 }
 
-/// `x @ w_t + b` for a pre-transposed `w_t (in, out)`.
-fn matmul(x: &Tensor, w_t: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
-    let y = x.f_matmul(w_t)?;
-    Ok(match b {
-        Some(b) => y.f_add(b)?,
-        None => y,
-    })
+/// `x · wᵀ + b` for a projection laid out for decoding.
+fn matmul(x: &Tensor, w: &Proj, b: &Option<Tensor>) -> Result<Tensor> {
+    w.apply(x, b.as_ref())
 }
 
 /// Concatenated biases when any exists (zeros standing in for the missing ones); differentiable
@@ -112,10 +109,10 @@ fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)], detach: bool) -> Result<Opti
     Ok(Some(Tensor::f_cat(&all, 0)?))
 }
 
-/// `(out, in)` matrices stacked along `out`, then transposed to a contiguous `(in, Σ out)`.
-fn fused_t(ws: &[&Tensor]) -> Result<Tensor> {
+/// `(out, in)` matrices stacked along `out` into one `(Σ out, in)`, laid out for decoding.
+fn fused_t(ws: &[&Tensor]) -> Result<Proj> {
     let ws: Vec<Tensor> = ws.iter().map(|w| w.f_detach()).collect::<std::result::Result<_, _>>()?;
-    Ok(Tensor::f_cat(&ws, 0)?.f_tr()?.f_contiguous()?)
+    Proj::new(&Tensor::f_cat(&ws, 0)?)
 }
 
 impl Layer {
@@ -152,7 +149,7 @@ impl Layer {
     pub(crate) fn shallow_clone(&self) -> Layer {
         let Ok(mut layer) = self.map(|t| Ok::<_, Infallible>(t.shallow_clone()));
         layer.packed = self.packed.as_ref().map(|p| {
-            let t = Tensor::shallow_clone;
+            let t = Proj::shallow_clone;
             let o = |t: &Option<Tensor>| t.as_ref().map(Tensor::shallow_clone);
             Packed {
                 qkv: t(&p.qkv),

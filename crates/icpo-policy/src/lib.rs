@@ -28,6 +28,7 @@ mod layer;
 mod logprobs;
 mod memory;
 mod model;
+mod onednn;
 mod recompute;
 mod rope;
 mod tokenizer;
@@ -42,6 +43,7 @@ pub use jsonl::{parse_jsonl, read_jsonl, JsonlLine};
 pub use logprobs::{Entropy, TokenLogprobs};
 pub use memory::{peak_memory_bytes, peak_rss_bytes, reset_peak_memory};
 pub use model::{CausalLm, DeviceOpt, LoadOptions};
+pub use onednn::{onednn_decoding_enabled, set_onednn_decoding};
 pub use tokenizer::{
     render_chat_template, render_chat_template_with, ChatMessage, TemplateArgs, Tokenizer,
 };

@@ -12,6 +12,7 @@ use crate::config::{Architecture, DType, ModelConfig};
 use crate::error::{write_atomic, PolicyError, Result};
 use crate::fused::rms_norm;
 use crate::layer::{Heads, Layer, PassInputs};
+use crate::onednn::Proj;
 use crate::recompute::recompute;
 use crate::{rope, weights};
 
@@ -113,8 +114,8 @@ pub struct CausalLm {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Tensor,
-    /// `lm_head` transposed, in a decoding copy on a CPU.
-    lm_head_t: Option<Tensor>,
+    /// `lm_head` laid out for decoding, in a decoding copy on a CPU.
+    lm_head_t: Option<Proj>,
     inv_freq: Tensor,
     /// Activation checkpointing per layer (see [`CausalLm::set_gradient_checkpointing`]).
     checkpointing: bool,
@@ -334,17 +335,18 @@ impl CausalLm {
             layers: self.layers.iter().map(Layer::shallow_clone).collect(),
             norm: self.norm.shallow_clone(),
             lm_head: self.lm_head.shallow_clone(),
-            lm_head_t: self.lm_head_t.as_ref().map(Tensor::shallow_clone),
+            lm_head_t: self.lm_head_t.as_ref().map(Proj::shallow_clone),
             inv_freq: self.inv_freq.shallow_clone(),
             checkpointing: self.checkpointing,
         }
     }
 
     /// A handle to decode with: its projections are packed once, in the compute dtype, for the
-    /// few-row products of decoding (transposed to `(in, out)`, q/k/v and gate/up fused, so a
-    /// decode step neither re-concatenates gate/up nor runs q, k and v apart) — a copy of the
-    /// weights, 2 bytes per parameter in bf16, held while decoding, on a GPU as on a CPU. On a
-    /// CPU the output head gets a transposed copy too (on a GPU the head's product reads the
+    /// few-row products of decoding (q/k/v and gate/up fused, so a decode step neither
+    /// re-concatenates gate/up nor runs q, k and v apart; on a CPU in oneDNN's pre-packed layout,
+    /// see [`crate::onednn_decoding_enabled`], elsewhere transposed to `(in, out)`) — a copy of
+    /// the weights, 2 bytes per parameter in bf16, held while decoding, on a GPU as on a CPU. On
+    /// a CPU the output head gets a laid-out copy too (on a GPU the head's product reads the
     /// weight as it is). The copy does not follow later updates of the weights and passes no
     /// gradient to them: make a new one after an optimiser step, and train with the model
     /// itself.
@@ -364,7 +366,7 @@ impl CausalLm {
                 layer.pack()?;
             }
             if self.device() == Device::Cpu {
-                copy.lm_head_t = Some(copy.lm_head.f_detach()?.f_tr()?.f_contiguous()?);
+                copy.lm_head_t = Some(Proj::new(&copy.lm_head)?);
             }
             Ok(())
         })?;
@@ -404,7 +406,7 @@ impl CausalLm {
     /// Logits of final hidden states (in the compute dtype).
     pub(crate) fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(match &self.lm_head_t {
-            Some(w_t) => hidden.f_matmul(w_t)?,
+            Some(w) => w.apply(hidden, None)?,
             None => hidden.f_linear::<Tensor>(&self.lm_head.f_to_kind(hidden.kind())?, None)?,
         })
     }
