@@ -5,7 +5,8 @@
 //!
 //! Then, at scale, on a random model of Qwen3-1.7B's shape in bf16: decode-step times at 64 and
 //! 256 rows after 512-token prompts (the sampler's path: `decoding_copy`, `decode_sampled`, no
-//! host read inside the timed steps), and the peak CUDA memory of one training pass (lean head,
+//! host read inside the timed steps), with the step's attention through SDPA and through batched
+//! products (`set_decode_products`; their first-step logits compared), and the peak CUDA memory of one training pass (lean head,
 //! activation checkpointing) over a 512-token prompt and an 8,192-token response.
 //!
 //! `cargo run --release --example gpu_check -- [MODEL_DIR] [--seq-len N] [--no-scale]`
@@ -17,8 +18,8 @@
 
 use anyhow::{Context, Result};
 use icpo::policy::{
-    peak_memory_bytes, reset_peak_memory, set_lean_head, CausalLm, DType, DeviceOpt, Entropy,
-    LoadOptions,
+    peak_memory_bytes, reset_peak_memory, set_decode_products, set_lean_head, CausalLm, DType,
+    DeviceOpt, Entropy, LoadOptions,
 };
 use tch::{Kind, Tensor};
 
@@ -100,31 +101,50 @@ fn decode_and_train_at_scale() -> Result<()> {
     let vocab = model.config().vocab_size;
     let (prompt_len, steps) = (512i64, 32usize);
     for rows in [64i64, 256] {
-        let decoder = model.decoding_copy()?;
-        let ids = Tensor::randint(vocab, [rows, prompt_len], (Kind::Int64, device));
-        let mask = Tensor::ones([rows, prompt_len], (Kind::Int64, device));
-        let live = Tensor::ones([rows, 1], (Kind::Int64, device));
-        let (mut logits, mut cache) =
-            tch::no_grad(|| decoder.prefill(&ids, &mask, prompt_len + steps as i64 + 8))?;
-        let mut times = Vec::with_capacity(steps);
-        for _ in 0..steps {
-            tch::Cuda::synchronize(0);
-            let t = std::time::Instant::now();
-            let next = logits.argmax(-1, false).unsqueeze(1);
-            logits =
-                tch::no_grad(|| decoder.decode_sampled(&next, &live, &mut cache))?.select(1, 0);
-            tch::Cuda::synchronize(0);
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+        // The decode step's attention both ways (libtorch's SDPA with a mask and enable_gqa, or
+        // two batched products): which is faster decides the default (`set_decode_products`).
+        let mut first_step = Vec::new();
+        for products in [false, true] {
+            set_decode_products(products);
+            let attention = if products { "products" } else { "sdpa" };
+            let decoder = model.decoding_copy()?;
+            tch::manual_seed(3);
+            let ids = Tensor::randint(vocab, [rows, prompt_len], (Kind::Int64, device));
+            let mask = Tensor::ones([rows, prompt_len], (Kind::Int64, device));
+            let live = Tensor::ones([rows, 1], (Kind::Int64, device));
+            let (mut logits, mut cache) =
+                tch::no_grad(|| decoder.prefill(&ids, &mask, prompt_len + steps as i64 + 8))?;
+            let mut times = Vec::with_capacity(steps);
+            for step in 0..steps {
+                tch::Cuda::synchronize(0);
+                let t = std::time::Instant::now();
+                let next = logits.argmax(-1, false).unsqueeze(1);
+                logits =
+                    tch::no_grad(|| decoder.decode_sampled(&next, &live, &mut cache))?.select(1, 0);
+                tch::Cuda::synchronize(0);
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                if step == 0 {
+                    first_step.push(logits.to_kind(Kind::Float));
+                }
+            }
+            // The first steps warm up kernels and the allocator: the median of the rest.
+            let mut warm: Vec<f64> = times[4..].to_vec();
+            warm.sort_by(f64::total_cmp);
+            let median = warm[warm.len() / 2];
+            println!(
+                "{{\"scale\": \"decode\", \"model\": \"qwen3-1.7b-shape bf16\", \"attention\": \"{attention}\", \"rows\": {rows}, \"prompt_tokens\": {prompt_len}, \"step_ms_median\": {median:.3}, \"step_ms\": {times:?}, \"tokens_per_s\": {:.1}}}",
+                rows as f64 / (median / 1e3)
+            );
         }
-        // The first steps warm up kernels and the allocator: the median of the rest.
-        let mut warm: Vec<f64> = times[4..].to_vec();
-        warm.sort_by(f64::total_cmp);
-        let median = warm[warm.len() / 2];
+        // Same prompts, same first token: the two attentions' logits differ by bf16 rounding.
+        let scale = first_step[0].abs().max().double_value(&[]).max(1e-12);
+        let rel = (&first_step[0] - &first_step[1]).abs().max().double_value(&[]) / scale;
         println!(
-            "{{\"scale\": \"decode\", \"model\": \"qwen3-1.7b-shape bf16\", \"rows\": {rows}, \"prompt_tokens\": {prompt_len}, \"step_ms_median\": {median:.3}, \"step_ms\": {times:?}, \"tokens_per_s\": {:.1}}}",
-            rows as f64 / (median / 1e3)
+            "{{\"scale\": \"decode_attention_parity\", \"rows\": {rows}, \"max_relative_logit_diff\": {rel:.3e}, \"ok\": {}}}",
+            rel < 3e-2
         );
     }
+    set_decode_products(false);
     // One training pass at the paper's response length: lean head and checkpointing.
     set_lean_head(true);
     model.set_gradient_checkpointing(true);

@@ -1,6 +1,9 @@
 //! Attention masks and kernels: libtorch's fused attention, and for the single query of a
 //! decoding step on a CPU a fused kernel (`csrc/kernels.cpp`) or, without it, batched products.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{PolicyError, Result};
@@ -19,14 +22,41 @@ pub(crate) fn attention_mask_4d(key_mask: &Tensor, new: i64, offset: i64) -> Res
     Ok(keys.f_logical_and(&causal)?.f_logical_or(&diag)?)
 }
 
-/// The additive form of a decoding step's `mask (batch, 1, 1, len)` when the step takes
-/// [`single_query_attention`] (f32 on a CPU), made once for all layers; `None` otherwise.
+/// The additive f32 form of a decoding step's `mask (batch, 1, 1, len)` when the step takes
+/// [`single_query_attention`] (f32 on a CPU; any dtype on other devices when
+/// [`decode_products_enabled`]), made once for all layers; `None` otherwise.
 pub(crate) fn single_query_mask(mask: &Tensor, kind: Kind) -> Result<Option<Tensor>> {
-    if kind != Kind::Float || mask.device() != Device::Cpu || mask.size().get(2) != Some(&1) {
+    let taken = match mask.device() {
+        Device::Cpu => kind == Kind::Float,
+        _ => decode_products_enabled(),
+    };
+    if !taken || mask.size().get(2) != Some(&1) {
         return Ok(None);
     }
-    let zero = Tensor::f_zeros([], (kind, mask.device()))?;
+    let zero = Tensor::f_zeros([], (Kind::Float, mask.device()))?;
     Ok(Some(zero.f_where_scalarother(mask, f64::NEG_INFINITY)?))
+}
+
+/// The switch of [`set_decode_products`], first read from `ICPO_DECODE_PRODUCTS` (on iff `1`).
+fn products_switch() -> &'static AtomicBool {
+    static SWITCH: OnceLock<AtomicBool> = OnceLock::new();
+    SWITCH.get_or_init(|| {
+        AtomicBool::new(std::env::var("ICPO_DECODE_PRODUCTS").is_ok_and(|v| v.trim() == "1"))
+    })
+}
+
+/// Whether decode steps on a GPU attend through two batched products (scores in f32 from
+/// cuBLAS, softmax in f32, probabilities in the compute dtype times the values) instead of
+/// libtorch's SDPA with a boolean mask and `enable_gqa`. Off by default; for the first GPU
+/// machine to decide: `scripts/gpu-check` times both and names the kernel SDPA picks (if it is
+/// the math kernel, which repeats every key and value head per step, the products win).
+pub fn decode_products_enabled() -> bool {
+    products_switch().load(Ordering::Relaxed)
+}
+
+/// Turns [`decode_products_enabled`] on or off for the whole process.
+pub fn set_decode_products(on: bool) {
+    products_switch().store(on, Ordering::Relaxed);
 }
 
 /// Whether a pass of `kind` activations on `device` attends in f32 ([`attend`]'s `upcast`): on
@@ -77,13 +107,14 @@ pub(crate) fn attend(
     Ok(Tensor::f_scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, grouped)?)
 }
 
-/// Attention of one new query per row over its cached keys, f32. On a CPU with the fused
+/// Attention of one new query per row over its cached keys. In f32 on a CPU with the fused
 /// kernels, one pass per (row, key head) that reads each cached key and value once for the query
 /// heads sharing them: libtorch's flash kernel issues a matrix-vector product per row and head
 /// for a single query, and MKL's batched products ([`composed_single_query_attention`], the
 /// path without the kernels) spend most of their time in per-matrix overhead at these sizes.
 /// Inputs that require gradients take the composed path (the kernel has no backward). Same
-/// result up to float rounding (bf16 keeps libtorch's fused kernel, which accumulates in f32).
+/// result up to float rounding. On other devices (see [`decode_products_enabled`]) the batched
+/// products, in any dtype.
 ///
 /// # Shapes
 /// - `q`: `(batch, heads, 1, head_dim)`; `k`, `v`: `(batch, kv_heads, len, head_dim)`
@@ -97,7 +128,9 @@ pub(crate) fn single_query_attention(
 ) -> Result<Tensor> {
     #[cfg(icpo_fused)]
     if crate::fused::fused_kernels_enabled()
-        && [q, k, v].iter().all(|t| t.device() == Device::Cpu && !t.requires_grad())
+        && [q, k, v]
+            .iter()
+            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && !t.requires_grad())
     {
         return ffi::single_query_attention(q, k, v, additive_mask);
     }
@@ -105,7 +138,9 @@ pub(crate) fn single_query_attention(
 }
 
 /// [`single_query_attention`] as two batched products (the query heads sharing a key head
-/// stacked as rows).
+/// stacked as rows). In bf16/f16 the scores are computed in f32 (cuBLAS's mixed product on a GPU,
+/// an upcast elsewhere) and the softmax in f32; the probabilities are rounded to the compute
+/// dtype for the product with the values, as flash kernels do.
 fn composed_single_query_attention(
     q: &Tensor,
     k: &Tensor,
@@ -113,22 +148,32 @@ fn composed_single_query_attention(
     additive_mask: &Tensor,
 ) -> Result<Tensor> {
     let (qs, ks) = (q.size(), k.size());
-    if qs.len() != 4 || ks.len() != 4 || qs[2] != 1 || qs[1] % ks[1] != 0 {
+    if qs.len() != 4 || ks.len() != 4 || qs[2] != 1 || ks[1] == 0 || qs[1] % ks[1] != 0 {
         return Err(PolicyError::Shape(format!(
             "single_query_attention: q {qs:?} must be (batch, heads, 1, head_dim) with heads a multiple of k {ks:?}'s kv_heads"
         )));
     }
     let (b, nh, hd, nkv, len) = (qs[0], qs[1], qs[3], ks[1], ks[2]);
     let g = nh / nkv;
-    let bias = additive_mask.f_expand([b, nkv, g, len], false)?.f_reshape([b * nkv, g, len])?;
-    let scores = Tensor::f_baddbmm(
-        &bias,
-        &q.f_reshape([b * nkv, g, hd])?,
-        &k.f_reshape([b * nkv, len, hd])?.f_transpose(1, 2)?,
-        1.0,
-        1.0 / (hd as f64).sqrt(),
-    )?;
-    let probs = scores.f_softmax(-1, q.kind())?;
+    let kind = q.kind();
+    let bias = additive_mask
+        .f_to_kind(Kind::Float)?
+        .f_expand([b, nkv, g, len], false)?
+        .f_reshape([b * nkv, g, len])?;
+    let q3 = q.f_reshape([b * nkv, g, hd])?;
+    let k3t = k.f_reshape([b * nkv, len, hd])?.f_transpose(1, 2)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = if kind == Kind::Float {
+        Tensor::f_baddbmm(&bias, &q3, &k3t, 1.0, scale)?
+    } else {
+        let s = if q.device().is_cuda() {
+            q3.f_bmm_dtype(&k3t, Kind::Float)?
+        } else {
+            q3.f_to_kind(Kind::Float)?.f_bmm(&k3t.f_to_kind(Kind::Float)?)?
+        };
+        s.f_mul_scalar(scale)?.f_add(&bias)?
+    };
+    let probs = scores.f_softmax(-1, Kind::Float)?.f_to_kind(kind)?;
     Ok(probs.f_bmm(&v.f_reshape([b * nkv, len, hd])?)?.f_view([b, nh, 1, hd])?)
 }
 
@@ -244,6 +289,42 @@ mod tests {
                 assert!(d < 2e-6, "{name} {b}x{nh}/{nkv}x{hd} over {len}: max |Δ| = {d:e}");
             }
         }
+    }
+
+    /// The products in bf16 (as a GPU decode step takes them) against f32 attention of the same
+    /// bf16 values: scores and softmax in f32, so the error is the probabilities' and the
+    /// output's bf16 rounding (2⁻⁸ relative each).
+    #[test]
+    fn bf16_products_match_f32_attention_to_bf16_rounding() {
+        tch::manual_seed(2);
+        let opts = (Kind::Float, Device::Cpu);
+        let (b, nh, nkv, hd, len) = (3, 8, 2, 64, 50);
+        let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+        let kc = bf(Tensor::randn([b, nkv, len + 6, hd], opts));
+        let vc = bf(Tensor::randn([b, nkv, len + 6, hd], opts));
+        let (k, v) = (kc.narrow(2, 0, len), vc.narrow(2, 0, len));
+        let q = bf(Tensor::randn([b, 1, nh, hd], opts)).transpose(1, 2);
+        let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu)).view([1, 1, 1, len]);
+        let first = Tensor::from_slice(&[0i64, 7, 49]).view([b, 1, 1, 1]);
+        let seen = pos.ge_tensor(&first);
+        let additive = single_query_mask(&seen, Kind::Float).unwrap().unwrap();
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
+        let reference = Tensor::scaled_dot_product_attention(
+            &f(&q),
+            &f(&k),
+            &f(&v),
+            Some(&seen),
+            0.0,
+            false,
+            None,
+            true,
+        );
+        let got = composed_single_query_attention(&q, &k, &v, &additive).unwrap();
+        assert_eq!(got.kind(), Kind::BFloat16);
+        // Outputs are averages of unit normals: |x| ≲ 1 with weights summing to 1, so the
+        // probabilities' rounding moves them by ≲ 2⁻⁸ and the output's own rounding as much.
+        let d = (f(&got) - &reference).abs().max().double_value(&[]);
+        assert!(d < 2.0 * 2f64.powi(-8), "max |Δ| = {d:e}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod tokenizer;
 mod weights;
 
 pub use atomic::{sync_dir, write_atomic};
+pub use attention::{decode_products_enabled, set_decode_products};
 pub use cache::KvCache;
 pub use config::{Architecture, DType, ModelConfig, RopeScaling};
 pub use error::{PolicyError, Result};
