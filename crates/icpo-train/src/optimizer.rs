@@ -32,6 +32,14 @@ impl Optimizer {
         })
     }
 
+    /// The `optim.zero_stage` this optimiser was made for.
+    pub fn stage(&self) -> u8 {
+        match self {
+            Optimizer::Replicated(_) => 0,
+            Optimizer::Sharded { stage, .. } => *stage,
+        }
+    }
+
     /// The sharded state for `group`, made now if missing or cut for another world size.
     fn zero(
         &mut self,

@@ -62,6 +62,17 @@ impl Trainer {
                 batch.step, self.step
             )));
         }
+        if self.cfg.optim.zero_stage != self.optim.stage() {
+            // The state's layout is fixed when the trainer is built (`Trainer.cfg` is public).
+            return Err(TrainError::Config {
+                key: "optim.zero_stage".into(),
+                message: format!(
+                    "changed from {} to {} after the trainer was built; the optimiser state is laid out then: build a new trainer (a checkpoint resumes under either stage)",
+                    self.optim.stage(),
+                    self.cfg.optim.zero_stage
+                ),
+            });
+        }
         let t_train = Instant::now();
         let mut batch = batch;
         let mut trajs = std::mem::take(&mut batch.trajectories);

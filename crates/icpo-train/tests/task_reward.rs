@@ -88,6 +88,19 @@ fn a_failing_reward_stops_the_step_or_is_skipped_not_zeroed() {
     t.update(batch).unwrap();
 }
 
+/// The optimiser's layout is chosen when the trainer is built: changing `optim.zero_stage` in
+/// the public config afterwards is an error naming the key, not silently ignored.
+#[test]
+fn changing_the_zero_stage_after_the_trainer_is_built_is_an_error() {
+    let mut t =
+        trainer_with(config("icpo-task-z", &[]), "e", Scorer::Task(Box::new(target_reward)));
+    t.cfg.optim.zero_stage = 2;
+    let e = t.train_step().unwrap_err().to_string();
+    assert!(e.contains("optim.zero_stage") && e.contains("from 0 to 2"), "{e}");
+    t.cfg.optim.zero_stage = 0;
+    t.train_step().unwrap();
+}
+
 #[test]
 fn weighted_rewards_sum_and_log_each_part() {
     let mix = WeightedRewards::new().with("target", 0.5, target_reward).with(
