@@ -7,6 +7,31 @@ use icpo_rollout::Rollout;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// A custom advantage estimator (verl's registry of estimators, as a trait): the advantage of
+/// each trajectory of a step from the shaped rewards and group ids of all of them (after ERRS,
+/// grouped by prompt). [`crate::Trainer::set_advantages`] puts one in place of `algorithm.advantage`.
+pub trait Advantages: Send + Sync {
+    /// One finite advantage per reward.
+    fn advantages(
+        &self,
+        rewards: &[f64],
+        groups: &[usize],
+    ) -> std::result::Result<Vec<f64>, String>;
+}
+
+impl<F> Advantages for F
+where
+    F: Fn(&[f64], &[usize]) -> std::result::Result<Vec<f64>, String> + Send + Sync,
+{
+    fn advantages(
+        &self,
+        rewards: &[f64],
+        groups: &[usize],
+    ) -> std::result::Result<Vec<f64>, String> {
+        self(rewards, groups)
+    }
+}
+
 use crate::batch::Trajectory;
 use crate::error::{Result, TrainError};
 use crate::trainer::{seed_for, Trainer};

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::TrainConfig;
 use crate::data::{Cursor, Problem};
 use crate::error::{Result, TrainError};
+use crate::groups::Advantages;
 use crate::optimizer::Optimizer;
 use crate::rundir::RunDir;
 use crate::scoring::{Generated, Pass};
@@ -79,31 +80,6 @@ pub struct Trainer {
     pub(crate) evaluation: Option<crate::driver::PeriodicEval>,
     /// Rows of the training file skipped for want of an answer ([`Trainer::from_config`]).
     pub skipped_without_answer: usize,
-}
-
-/// A custom advantage estimator (verl's registry of estimators, as a trait): the advantage of
-/// each trajectory of a step from the shaped rewards and group ids of all of them (after ERRS,
-/// grouped by prompt). [`Trainer::set_advantages`] puts one in place of `algorithm.advantage`.
-pub trait Advantages: Send + Sync {
-    /// One finite advantage per reward.
-    fn advantages(
-        &self,
-        rewards: &[f64],
-        groups: &[usize],
-    ) -> std::result::Result<Vec<f64>, String>;
-}
-
-impl<F> Advantages for F
-where
-    F: Fn(&[f64], &[usize]) -> std::result::Result<Vec<f64>, String> + Send + Sync,
-{
-    fn advantages(
-        &self,
-        rewards: &[f64],
-        groups: &[usize],
-    ) -> std::result::Result<Vec<f64>, String> {
-        self(rewards, groups)
-    }
 }
 
 /// The weight of one micro-batch's aggregated loss in its mini-batch's update, so that the
