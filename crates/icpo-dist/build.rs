@@ -11,30 +11,19 @@ fn main() {
     for f in ["csrc/store.cpp", "csrc/store.h", "csrc/nccl.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+    let c10d = "torch/csrc/distributed/c10d/TCPStore.hpp";
+    let Some(build) = icpo_build::shim_build(c10d, "only world size 1") else {
         return;
     };
-    let root = Path::new(&lib).parent().unwrap_or(Path::new(&lib)).to_path_buf();
-    let include = root.join("include");
-    if !include.join("torch/csrc/distributed/c10d/TCPStore.hpp").exists() {
-        println!("cargo:warning=no c10d headers under {}: only world size 1", include.display());
-        return;
-    }
-    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
-        .cpp(true)
-        .file("csrc/store.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .opt_level(2)
-        .warnings(false)
-        .compile("icpo_c10d");
+    build.clone().file("csrc/store.cpp").compile("icpo_c10d");
     println!("cargo:rustc-cfg=icpo_c10d");
     // NCCL: the wheel's nccl.h and CUDA headers (with CCCL's and crt/, which
     // scripts/setup-libtorch installs), beside the torch package.
+    let Some(root) =
+        icpo_build::libtorch_include_dir().and_then(|i| i.parent().map(Path::to_path_buf))
+    else {
+        return;
+    };
     let torch_dir = root.canonicalize().unwrap_or_else(|_| root.clone());
     let nvidia = torch_dir.parent().map(|p| p.join("nvidia")).unwrap_or_default();
     let (cuda, nccl) = (nvidia.join("cu13/include"), nvidia.join("nccl/include"));
@@ -46,17 +35,7 @@ fn main() {
         println!("cargo:warning=no CUDA/NCCL headers under {}: icpo-dist built without NCCL (scripts/setup-libtorch installs them)", nvidia.display());
         return;
     }
-    cc::Build::new()
-        .cpp(true)
-        .file("csrc/nccl.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .include(&cuda)
-        .include(&nccl)
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .opt_level(2)
-        .warnings(false)
-        .compile("icpo_nccl");
+    let mut build = build;
+    build.file("csrc/nccl.cpp").include(&cuda).include(&nccl).compile("icpo_nccl");
     println!("cargo:rustc-cfg=icpo_nccl");
 }

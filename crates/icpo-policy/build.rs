@@ -4,8 +4,6 @@
 //! `icpo_fused`; without libtorch, as with the `doc-only` feature, the crate uses libtorch's
 //! composed ops instead).
 
-use std::path::Path;
-
 fn main() {
     icpo_build::link_libtorch();
     println!("cargo::rustc-check-cfg=cfg(icpo_fused)");
@@ -13,26 +11,16 @@ fn main() {
         "csrc/fused.cpp",
         "csrc/recompute.cpp",
         "csrc/onednn.cpp",
+        "csrc/device_memory.cpp",
         "csrc/ffi.h",
         "csrc/kernels.cpp",
         "csrc/kernels.h",
     ] {
         println!("cargo:rerun-if-changed={file}");
     }
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+    let Some(mut build) = icpo_build::shim_build("ATen/ATen.h", "fused kernels not built") else {
         return;
     };
-    let root = Path::new(&lib).parent().unwrap_or(Path::new(&lib)).to_path_buf();
-    let include = root.join("include");
-    if !include.join("ATen").join("ATen.h").exists() {
-        println!(
-            "cargo:warning=no ATen headers under {}: fused kernels not built",
-            include.display()
-        );
-        return;
-    }
-    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64");
     // The row kernels: once for the baseline, and on x86-64 once more with AVX2/FMA, picked at
     // run time (csrc/fused.cpp), so a binary runs on any CPU and is fast on recent ones.
@@ -57,19 +45,11 @@ fn main() {
         }
         build.compile(&format!("{ns}_kernels"));
     }
-    let mut build = cc::Build::new();
     build
-        .cpp(true)
         .file("csrc/fused.cpp")
         .file("csrc/recompute.cpp")
         .file("csrc/device_memory.cpp")
-        .file("csrc/onednn.cpp")
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .opt_level(2)
-        .warnings(false);
+        .file("csrc/onednn.cpp");
     if x86_64 {
         build.define("ICPO_HAVE_AVX2", None);
     }

@@ -12,8 +12,12 @@
 //! build-dependency, `icpo_build::link_libtorch()` in its `build.rs`; libtorch is found from the
 //! `LIBTORCH` (or `LIBTORCH_USE_PYTORCH`) setting torch-sys needs anyway (README: "Using icpo-rs
 //! in your crate").
+//!
+//! The crates' C++ shims (icpo-policy's kernels, icpo-dist's c10d and NCCL) start from
+//! [`shim_build`]: libtorch's headers, its C++ ABI, and `icpo_ffi.h` ([`ffi_include_dir`]), the
+//! one copy of how errors cross a C interface.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// libtorch's `lib/` folder, from what torch-sys itself reads, in its order of precedence:
 /// `DEP_TCH_LIBTORCH_LIB` (exported by torch-sys to crates that depend on it directly), the
@@ -47,6 +51,47 @@ pub fn libtorch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(root).join("lib"));
     }
     None
+}
+
+/// The folder of `icpo_ffi.h`, the C++ helpers every C interface of icpo-rs shares (errors as
+/// malloc'd messages, never exceptions): build scripts add it to their include path.
+pub fn ffi_include_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("include")
+}
+
+/// libtorch's C++ headers as a shim's build script sees them: `DEP_TCH_LIBTORCH_LIB`'s sibling
+/// `include/` (torch-sys exports it to crates that depend on it directly), `None` without
+/// libtorch (as with the `doc-only` feature).
+pub fn libtorch_include_dir() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let lib = PathBuf::from(std::env::var_os("DEP_TCH_LIBTORCH_LIB")?);
+    Some(lib.parent().unwrap_or(&lib).join("include"))
+}
+
+/// A C++17 build against libtorch's headers with the ABI torch-sys uses and [`ffi_include_dir`]
+/// on the include path: the common ground of the crates' shims. `None`, with a cargo warning
+/// saying what is lost, when libtorch or its header `required` (relative to `include/`) is
+/// missing.
+pub fn shim_build(required: &str, lost: &str) -> Option<cc::Build> {
+    println!("cargo:rerun-if-changed={}", ffi_include_dir().join("icpo_ffi.h").display());
+    let include = libtorch_include_dir()?;
+    if !include.join(required).exists() {
+        println!("cargo:warning=no {required} under {}: {lost}", include.display());
+        return None;
+    }
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .include(ffi_include_dir())
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .opt_level(2)
+        .warnings(false);
+    Some(build)
 }
 
 /// Emits the link arguments described in the crate docs, for libtorch found by

@@ -185,8 +185,8 @@ mod ffi {
     use tch::Tensor;
     use torch_sys::C_tensor;
 
-    use crate::error::{PolicyError, Result};
-    use crate::fused::ffi::check;
+    use crate::error::Result;
+    use crate::fused::ffi::take;
 
     extern "C" {
         fn icpo_fused_single_query_attention(
@@ -215,14 +215,7 @@ mod ffi {
                 &mut out,
             )
         };
-        check(err)?;
-        if out.is_null() {
-            return Err(PolicyError::Torch(tch::TchError::Torch(
-                "single_query_attention returned no tensor".into(),
-            )));
-        }
-        // SAFETY: on success the C side set `out` to a new heap `at::Tensor` that we now own.
-        Ok(unsafe { Tensor::from_ptr(out) })
+        take(err, out)
     }
 }
 

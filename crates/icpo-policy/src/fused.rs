@@ -232,12 +232,12 @@ pub(crate) mod ffi {
         Err(PolicyError::Torch(tch::TchError::Torch(msg)))
     }
 
-    /// The tensor a call made, or its error message.
-    fn take(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor> {
+    /// The tensor a call made, or its error message (for every C interface of the crate).
+    pub(crate) fn take(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor> {
         check(err)?;
         if out.is_null() {
             return Err(PolicyError::Torch(tch::TchError::Torch(
-                "fused kernel returned no tensor".into(),
+                "a C++ kernel returned no tensor".into(),
             )));
         }
         // SAFETY: on success the C side set `out` to a new heap `at::Tensor` that we now own.

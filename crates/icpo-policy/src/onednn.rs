@@ -105,8 +105,8 @@ mod ffi {
     use tch::Tensor;
     use torch_sys::C_tensor;
 
-    use crate::error::{PolicyError, Result};
-    use crate::fused::ffi::check;
+    use crate::error::Result;
+    use crate::fused::ffi::take;
 
     extern "C" {
         fn icpo_onednn_available() -> bool;
@@ -122,17 +122,6 @@ mod ffi {
     pub(super) fn available() -> bool {
         // SAFETY: no arguments; the C side catches every exception.
         unsafe { icpo_onednn_available() }
-    }
-
-    fn take(err: *mut c_char, out: *mut C_tensor) -> Result<Tensor> {
-        check(err)?;
-        if out.is_null() {
-            return Err(PolicyError::Torch(tch::TchError::Torch(
-                "oneDNN linear returned no tensor".into(),
-            )));
-        }
-        // SAFETY: on success the C side set `out` to a new heap `at::Tensor` that we now own.
-        Ok(unsafe { Tensor::from_ptr(out) })
     }
 
     pub(super) fn pack(w: &Tensor, rows: i64) -> Result<Tensor> {
