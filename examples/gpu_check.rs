@@ -40,7 +40,35 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!("gpu_check: {} CUDA device(s); model {model_dir}", tch::Cuda::device_count());
-    let cpu = CausalLm::load(&model_dir, LoadOptions::default())?;
+    // Each section reports its own failure and the next still runs: a GPU machine is lent
+    // rarely, and one broken part must not hide the others' numbers.
+    let mut failed = Vec::new();
+    let mut section = |name: &str, result: Result<()>| {
+        if let Err(e) = result {
+            println!("{}", serde_json::json!({ "section": name, "error": format!("{e:#}") }));
+            failed.push(name.to_string());
+        }
+    };
+    section("logits_parity", logits_parity(&model_dir, seq_len));
+    section("lean_pass", lean_pass_on_cuda(&model_dir, seq_len));
+    if scale {
+        match scale_model() {
+            Ok(mut model) => {
+                for rows in [64i64, 256] {
+                    section("decode", decode_at_scale(&model, rows));
+                }
+                section("train_pass", train_pass_at_scale(&mut model));
+            }
+            Err(e) => section("scale_model", Err(e)),
+        }
+    }
+    anyhow::ensure!(failed.is_empty(), "gpu_check: sections failed: {}", failed.join(", "));
+    Ok(())
+}
+
+/// Logits of the checkpoint on CUDA (f32 and bf16) against CPU f32.
+fn logits_parity(model_dir: &str, seq_len: i64) -> Result<()> {
+    let cpu = CausalLm::load(model_dir, LoadOptions::default())?;
     let vocab = cpu.config().vocab_size;
     tch::manual_seed(0);
     let ids = Tensor::randint(vocab, [2, seq_len], (Kind::Int64, tch::Device::Cpu));
@@ -48,7 +76,7 @@ fn main() -> Result<()> {
     drop(cpu);
     for dtype in [DType::F32, DType::BF16] {
         let gpu = CausalLm::load(
-            &model_dir,
+            model_dir,
             LoadOptions { device: DeviceOpt::Cuda(0), dtype, ..Default::default() },
         )?;
         let logits = tch::no_grad(|| gpu.forward(&ids, None))?
@@ -69,10 +97,6 @@ fn main() -> Result<()> {
             agree.double_value(&[])
         );
     }
-    lean_pass_on_cuda(&model_dir, seq_len)?;
-    if scale {
-        decode_and_train_at_scale()?;
-    }
     Ok(())
 }
 
@@ -91,22 +115,26 @@ fn qwen3_1_7b_shape() -> Result<icpo::policy::ModelConfig> {
     )?)
 }
 
-/// Decode-step times at 64 and 256 rows, and one 8k-token training pass's peak memory.
-fn decode_and_train_at_scale() -> Result<()> {
-    let device = tch::Device::Cuda(0);
+/// The Qwen3-1.7B-shaped random model in bf16 on CUDA (3.4 GB).
+fn scale_model() -> Result<CausalLm> {
     let options =
         LoadOptions { device: DeviceOpt::Cuda(0), dtype: DType::BF16, ..Default::default() };
     tch::manual_seed(2);
-    let mut model = CausalLm::new(qwen3_1_7b_shape()?, options)?;
+    Ok(CausalLm::new(qwen3_1_7b_shape()?, options)?)
+}
+
+/// Decode-step times at `rows` rows after 512-token prompts, with the step's attention both ways
+/// (libtorch's SDPA with a mask and `enable_gqa`, or two batched products): which is faster
+/// decides the default (`set_decode_products`); their first-step logits are compared.
+fn decode_at_scale(model: &CausalLm, rows: i64) -> Result<()> {
+    let device = tch::Device::Cuda(0);
     let vocab = model.config().vocab_size;
     let (prompt_len, steps) = (512i64, 32usize);
-    for rows in [64i64, 256] {
-        // The decode step's attention both ways (libtorch's SDPA with a mask and enable_gqa, or
-        // two batched products): which is faster decides the default (`set_decode_products`).
-        let mut first_step = Vec::new();
-        for products in [false, true] {
-            set_decode_products(products);
-            let attention = if products { "products" } else { "sdpa" };
+    let mut first_step = Vec::new();
+    for products in [false, true] {
+        set_decode_products(products);
+        let attention = if products { "products" } else { "sdpa" };
+        let run = || -> Result<Tensor> {
             let decoder = model.decoding_copy()?;
             tch::manual_seed(3);
             let ids = Tensor::randint(vocab, [rows, prompt_len], (Kind::Int64, device));
@@ -115,7 +143,8 @@ fn decode_and_train_at_scale() -> Result<()> {
             let (mut logits, mut cache) =
                 tch::no_grad(|| decoder.prefill(&ids, &mask, prompt_len + steps as i64 + 8))?;
             let mut times = Vec::with_capacity(steps);
-            for step in 0..steps {
+            let mut first = None;
+            for _ in 0..steps {
                 tch::Cuda::synchronize(0);
                 let t = std::time::Instant::now();
                 let next = logits.argmax(-1, false).unsqueeze(1);
@@ -123,9 +152,7 @@ fn decode_and_train_at_scale() -> Result<()> {
                     tch::no_grad(|| decoder.decode_sampled(&next, &live, &mut cache))?.select(1, 0);
                 tch::Cuda::synchronize(0);
                 times.push(t.elapsed().as_secs_f64() * 1e3);
-                if step == 0 {
-                    first_step.push(logits.to_kind(Kind::Float));
-                }
+                first.get_or_insert_with(|| logits.to_kind(Kind::Float));
             }
             // The first steps warm up kernels and the allocator: the median of the rest.
             let mut warm: Vec<f64> = times[4..].to_vec();
@@ -135,17 +162,27 @@ fn decode_and_train_at_scale() -> Result<()> {
                 "{{\"scale\": \"decode\", \"model\": \"qwen3-1.7b-shape bf16\", \"attention\": \"{attention}\", \"rows\": {rows}, \"prompt_tokens\": {prompt_len}, \"step_ms_median\": {median:.3}, \"step_ms\": {times:?}, \"tokens_per_s\": {:.1}}}",
                 rows as f64 / (median / 1e3)
             );
-        }
-        // Same prompts, same first token: the two attentions' logits differ by bf16 rounding.
-        let scale = first_step[0].abs().max().double_value(&[]).max(1e-12);
-        let rel = (&first_step[0] - &first_step[1]).abs().max().double_value(&[]) / scale;
-        println!(
-            "{{\"scale\": \"decode_attention_parity\", \"rows\": {rows}, \"max_relative_logit_diff\": {rel:.3e}, \"ok\": {}}}",
-            rel < 3e-2
-        );
+            first.context("no decode step ran")
+        };
+        let result = run();
+        set_decode_products(false);
+        first_step.push(result.with_context(|| format!("decode with {attention} attention"))?);
     }
-    set_decode_products(false);
-    // One training pass at the paper's response length: lean head and checkpointing.
+    // Same prompts, same first token: the two attentions' logits differ by bf16 rounding.
+    let scale = first_step[0].abs().max().double_value(&[]).max(1e-12);
+    let rel = (&first_step[0] - &first_step[1]).abs().max().double_value(&[]) / scale;
+    println!(
+        "{{\"scale\": \"decode_attention_parity\", \"rows\": {rows}, \"max_relative_logit_diff\": {rel:.3e}, \"ok\": {}}}",
+        rel < 3e-2
+    );
+    Ok(())
+}
+
+/// One training pass at the paper's response length (512-token prompt, 8,192-token response)
+/// with the lean head and checkpointing: peak allocated memory and time.
+fn train_pass_at_scale(model: &mut CausalLm) -> Result<()> {
+    let device = tch::Device::Cuda(0);
+    let vocab = model.config().vocab_size;
     set_lean_head(true);
     model.set_gradient_checkpointing(true);
     let (p, r) = (512i64, 8192i64);
