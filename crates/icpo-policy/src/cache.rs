@@ -4,7 +4,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::attention::attention_mask_4d;
 use crate::error::{PolicyError, Result};
-use crate::model::{check_ids, check_ids_in, CausalLm, Past};
+use crate::model::{CausalLm, Past};
+use crate::shapes::{check_ids, check_ids_in};
 
 /// Keys and values of every layer for a batch of sequences, preallocated along the sequence axis.
 ///

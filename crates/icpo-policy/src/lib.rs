@@ -29,8 +29,10 @@ mod logprobs;
 mod memory;
 mod model;
 mod onednn;
+mod options;
 mod recompute;
 mod rope;
+mod shapes;
 mod tokenizer;
 mod weights;
 
@@ -43,8 +45,9 @@ pub use fused::{fused_kernels_enabled, lean_head_enabled, set_fused_kernels, set
 pub use jsonl::{parse_jsonl, read_jsonl, JsonlLine};
 pub use logprobs::{Entropy, TokenLogprobs};
 pub use memory::{peak_memory_bytes, peak_rss_bytes, reset_peak_memory};
-pub use model::{CausalLm, DeviceOpt, LoadOptions};
+pub use model::CausalLm;
 pub use onednn::{onednn_decoding_enabled, set_onednn_decoding};
+pub use options::{DeviceOpt, LoadOptions};
 pub use tokenizer::{
     render_chat_template, render_chat_template_with, ChatMessage, TemplateArgs, Tokenizer,
 };

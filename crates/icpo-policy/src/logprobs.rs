@@ -4,7 +4,8 @@ use tch::{Kind, Tensor};
 
 use crate::attention::attention_mask_4d;
 use crate::error::{PolicyError, Result};
-use crate::model::{check_ids, CausalLm, Past};
+use crate::model::{CausalLm, Past};
+use crate::shapes::check_ids;
 
 /// Whether and how [`CausalLm::response_logprobs`] computes per-token entropy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
