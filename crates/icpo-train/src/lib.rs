@@ -13,6 +13,7 @@
 mod batch;
 mod checkpoint;
 mod config;
+mod config_load;
 mod data;
 mod data_parallel;
 mod driver;
