@@ -22,6 +22,7 @@ mod eval;
 mod fit;
 mod groups;
 mod optim;
+mod optim_ckpt;
 mod optimizer;
 mod resume_check;
 mod rundir;
