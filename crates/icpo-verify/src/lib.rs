@@ -15,6 +15,7 @@
 mod compare;
 mod expr;
 pub mod extract;
+mod lex;
 mod normalize;
 mod parse;
 mod reward;
