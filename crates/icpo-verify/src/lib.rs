@@ -18,6 +18,7 @@ pub mod extract;
 mod lex;
 mod normalize;
 mod parse;
+mod relations;
 mod reward;
 
 use serde::{Deserialize, Serialize};
