@@ -317,10 +317,14 @@ char* icpo_fused_rope(const Tensor* x, const Tensor* cos, const Tensor* sin, Ten
 char* icpo_fused_single_query_attention(const Tensor* q, const Tensor* k, const Tensor* v,
                                         const Tensor* mask, Tensor** out) {
   return guarded([&] {
-    for (const Tensor* t : {q, k, v, mask}) {
-      check(t->defined() && t->device().is_cpu() && t->scalar_type() == at::kFloat,
-            "single_query_attention: q, k, v and the mask must be float32 CPU tensors");
+    for (const Tensor* t : {q, k, v}) {
+      check(t->defined() && t->device().is_cpu() &&
+                (t->scalar_type() == at::kFloat || t->scalar_type() == at::kBFloat16) &&
+                t->scalar_type() == q->scalar_type(),
+            "single_query_attention: q, k and v must be CPU tensors of one dtype, f32 or bf16");
     }
+    check(mask->defined() && mask->device().is_cpu() && mask->scalar_type() == at::kFloat,
+          "single_query_attention: the mask must be a float32 CPU tensor");
     check(q->dim() == 4 && q->size(2) == 1 && k->dim() == 4 && v->sizes() == k->sizes() &&
               k->size(0) == q->size(0) && k->size(3) == q->size(3) && k->size(1) >= 1 &&
               q->size(1) % k->size(1) == 0,
@@ -338,20 +342,16 @@ char* icpo_fused_single_query_attention(const Tensor* q, const Tensor* k, const 
     int64_t ks[3] = {k->stride(0), k->stride(1), k->stride(2)};
     int64_t vs[3] = {v->stride(0), v->stride(1), v->stride(2)};
     float scale = 1.f / std::sqrt(static_cast<float>(dim));
-    const float *qp = qc.const_data_ptr<float>(), *kp = k->const_data_ptr<float>(),
-                *vp = v->const_data_ptr<float>(), *mp = mc.const_data_ptr<float>();
-    float* op = o.data_ptr<float>();
+    const float* mp = mc.const_data_ptr<float>();
     int64_t g = nh / nkv;
-    at::parallel_for(0, b * nkv, 1, [&](int64_t begin, int64_t end) {
-#if defined(ICPO_HAVE_AVX2)
-      if (use_avx2()) {
-        icpo_avx2::single_query_attention(qp, kp, vp, mp, op, begin, end, nkv, g, dim, len, ks,
-                                          vs, scale);
-        return;
-      }
-#endif
-      icpo_base::single_query_attention(qp, kp, vp, mp, op, begin, end, nkv, g, dim, len, ks, vs,
-                                        scale);
+    dispatch(*q, [&](auto zero) {
+      using T = decltype(zero);
+      const T *qp = in<T>(qc), *kp = in<T>(*k), *vp = in<T>(*v);
+      T* op = static_cast<T*>(o.data_ptr());
+      at::parallel_for(0, b * nkv, 1, [&](int64_t begin, int64_t end) {
+        ICPO_KERNEL(single_query_attention, T, qp, kp, vp, mp, op, begin, end, nkv, g, dim, len,
+                    ks, vs, scale);
+      });
     });
     *out = new Tensor(o);
   });

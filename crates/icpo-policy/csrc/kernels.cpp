@@ -189,41 +189,47 @@ void rope(const T* __restrict x, const float* __restrict cos, const float* __res
 ICPO_INSTANTIATE(float)
 ICPO_INSTANTIATE(uint16_t)
 
+
 // A decode step's attention: one query row per head, so the products are dot products over a
 // head's cache. Keys are taken 8 at a time and values 4 at a time so that independent sums
 // hide the FMA latency (one key at a time is a chain of dim/8 dependent FMAs per key). Softmax
 // in f32 with the maximum subtracted (as libtorch's); unseen keys get weight exactly 0.
-void single_query_attention(const float* __restrict q, const float* __restrict k,
-                            const float* __restrict v, const float* __restrict mask,
-                            float* __restrict out, int64_t begin, int64_t end, int64_t kv_heads,
-                            int64_t g, int64_t dim, int64_t len, const int64_t* k_strides,
-                            const int64_t* v_strides, float scale) {
-  std::vector<float> scores(static_cast<size_t>(len));
+template <typename T>
+void single_query_attention(const T* __restrict q, const T* __restrict k, const T* __restrict v,
+                            const float* __restrict mask, T* __restrict out, int64_t begin,
+                            int64_t end, int64_t kv_heads, int64_t g, int64_t dim, int64_t len,
+                            const int64_t* k_strides, const int64_t* v_strides, float scale) {
+  std::vector<float> scores(static_cast<size_t>(len)), acc(static_cast<size_t>(dim)),
+      query(static_cast<size_t>(dim));
   float* __restrict s = scores.data();
+  float* __restrict o = acc.data();
+  float* __restrict qr = query.data();
   const float inf = std::numeric_limits<float>::infinity();
   const int64_t ks = k_strides[2], vs = v_strides[2];
   for (int64_t pair = begin; pair < end; ++pair) {
     int64_t b = pair / kv_heads, kh = pair % kv_heads;
-    const float* kb = k + b * k_strides[0] + kh * k_strides[1];
-    const float* vb = v + b * v_strides[0] + kh * v_strides[1];
+    const T* kb = k + b * k_strides[0] + kh * k_strides[1];
+    const T* vb = v + b * v_strides[0] + kh * v_strides[1];
     const float* m = mask + b * len;
     for (int64_t h = 0; h < g; ++h) {
-      const float* __restrict qr = q + (pair * g + h) * dim;
+      const T* __restrict qh = q + (pair * g + h) * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) qr[i] = ld(qh[i]);
       int64_t j = 0;
       for (; j + 8 <= len; j += 8) {
-        const float* kr = kb + j * ks;
+        const T* kr = kb + j * ks;
         float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f, d4 = 0.f, d5 = 0.f, d6 = 0.f, d7 = 0.f;
 #pragma omp simd reduction(+ : d0, d1, d2, d3, d4, d5, d6, d7)
         for (int64_t i = 0; i < dim; ++i) {
           float x = qr[i];
-          d0 += x * kr[i];
-          d1 += x * kr[ks + i];
-          d2 += x * kr[2 * ks + i];
-          d3 += x * kr[3 * ks + i];
-          d4 += x * kr[4 * ks + i];
-          d5 += x * kr[5 * ks + i];
-          d6 += x * kr[6 * ks + i];
-          d7 += x * kr[7 * ks + i];
+          d0 += x * ld(kr[i]);
+          d1 += x * ld(kr[ks + i]);
+          d2 += x * ld(kr[2 * ks + i]);
+          d3 += x * ld(kr[3 * ks + i]);
+          d4 += x * ld(kr[4 * ks + i]);
+          d5 += x * ld(kr[5 * ks + i]);
+          d6 += x * ld(kr[6 * ks + i]);
+          d7 += x * ld(kr[7 * ks + i]);
         }
         s[j] = d0;
         s[j + 1] = d1;
@@ -235,10 +241,10 @@ void single_query_attention(const float* __restrict q, const float* __restrict k
         s[j + 7] = d7;
       }
       for (; j < len; ++j) {
-        const float* __restrict kr = kb + j * ks;
+        const T* __restrict kr = kb + j * ks;
         float d = 0.f;
 #pragma omp simd reduction(+ : d)
-        for (int64_t i = 0; i < dim; ++i) d += qr[i] * kr[i];
+        for (int64_t i = 0; i < dim; ++i) d += qr[i] * ld(kr[i]);
         s[j] = d;
       }
       float mx = -inf;
@@ -253,25 +259,37 @@ void single_query_attention(const float* __restrict q, const float* __restrict k
         sum += p;
       }
       float inv = 1.f / sum;
-      float* __restrict o = out + (pair * g + h) * dim;
 #pragma omp simd
       for (int64_t i = 0; i < dim; ++i) o[i] = 0.f;
       j = 0;
       for (; j + 4 <= len; j += 4) {
-        const float* vr = vb + j * vs;
+        const T* vr = vb + j * vs;
         float p0 = s[j] * inv, p1 = s[j + 1] * inv, p2 = s[j + 2] * inv, p3 = s[j + 3] * inv;
 #pragma omp simd
         for (int64_t i = 0; i < dim; ++i)
-          o[i] += p0 * vr[i] + p1 * vr[vs + i] + p2 * vr[2 * vs + i] + p3 * vr[3 * vs + i];
+          o[i] += p0 * ld(vr[i]) + p1 * ld(vr[vs + i]) + p2 * ld(vr[2 * vs + i]) +
+                  p3 * ld(vr[3 * vs + i]);
       }
       for (; j < len; ++j) {
-        const float* __restrict vr = vb + j * vs;
+        const T* __restrict vr = vb + j * vs;
         float p = s[j] * inv;
 #pragma omp simd
-        for (int64_t i = 0; i < dim; ++i) o[i] += p * vr[i];
+        for (int64_t i = 0; i < dim; ++i) o[i] += p * ld(vr[i]);
       }
+      T* __restrict oh = out + (pair * g + h) * dim;
+#pragma omp simd
+      for (int64_t i = 0; i < dim; ++i) oh[i] = st<T>(o[i]);
     }
   }
 }
+
+template void single_query_attention<float>(const float*, const float*, const float*,
+                                            const float*, float*, int64_t, int64_t, int64_t,
+                                            int64_t, int64_t, int64_t, const int64_t*,
+                                            const int64_t*, float);
+template void single_query_attention<uint16_t>(const uint16_t*, const uint16_t*, const uint16_t*,
+                                               const float*, uint16_t*, int64_t, int64_t,
+                                               int64_t, int64_t, int64_t, int64_t,
+                                               const int64_t*, const int64_t*, float);
 
 }  // namespace ICPO_NS

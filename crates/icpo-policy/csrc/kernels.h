@@ -27,11 +27,13 @@
   template <typename T>                                                                           \
   void rope(const T* x, const float* cos, const float* sin, T* out, int64_t begin, int64_t end,   \
             int64_t heads, int64_t dim, bool backward);                                           \
-  /* One query per (batch, head) over `len` cached keys, f32, for (batch, kv head) pairs        \
-     [begin, end): q (batch, kv_heads * g, dim) contiguous; k, v strided (batch, kv head, key)   \
-     with unit stride along dim; mask (batch, len) additive, -inf for unseen keys (weight 0). */ \
-  void single_query_attention(const float* q, const float* k, const float* v, const float* mask,  \
-                              float* out, int64_t begin, int64_t end, int64_t kv_heads, int64_t g, \
+  /* One query per (batch, head) over `len` cached keys, for (batch, kv head) pairs            \
+     [begin, end), in f32 whatever T: q (batch, kv_heads * g, dim) contiguous; k, v strided     \
+     (batch, kv head, key) with unit stride along dim; mask (batch, len) additive, -inf for      \
+     unseen keys (weight 0). */                                                                  \
+  template <typename T>                                                                           \
+  void single_query_attention(const T* q, const T* k, const T* v, const float* mask, T* out,      \
+                              int64_t begin, int64_t end, int64_t kv_heads, int64_t g,           \
                               int64_t dim, int64_t len, const int64_t* k_strides,                 \
                               const int64_t* v_strides, float scale);                             \
   }

@@ -23,11 +23,14 @@ pub(crate) fn attention_mask_4d(key_mask: &Tensor, new: i64, offset: i64) -> Res
 }
 
 /// The additive f32 form of a decoding step's `mask (batch, 1, 1, len)` when the step takes
-/// [`single_query_attention`] (f32 on a CPU; any dtype on other devices when
-/// [`decode_products_enabled`]), made once for all layers; `None` otherwise.
+/// [`single_query_attention`] (f32 on a CPU, and bf16 with the fused kernels; any dtype on other
+/// devices when [`decode_products_enabled`]), made once for all layers; `None` otherwise.
 pub(crate) fn single_query_mask(mask: &Tensor, kind: Kind) -> Result<Option<Tensor>> {
     let taken = match mask.device() {
-        Device::Cpu => kind == Kind::Float,
+        // f32 always (the kernel, or the batched products without it); bf16 through the kernel.
+        Device::Cpu => {
+            kind == Kind::Float || (kind == Kind::BFloat16 && crate::fused::fused_kernels_enabled())
+        }
         _ => decode_products_enabled(),
     };
     if !taken || mask.size().get(2) != Some(&1) {
@@ -107,9 +110,9 @@ pub(crate) fn attend(
     Ok(Tensor::f_scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, grouped)?)
 }
 
-/// Attention of one new query per row over its cached keys. In f32 on a CPU with the fused
-/// kernels, one pass per (row, key head) that reads each cached key and value once for the query
-/// heads sharing them: libtorch's flash kernel issues a matrix-vector product per row and head
+/// Attention of one new query per row over its cached keys. In f32 or bf16 (computing in f32,
+/// rounding the output once) on a CPU with the fused kernels, one pass per (row, key head) that
+/// reads each cached key and value once for the query heads sharing them: libtorch's flash kernel issues a matrix-vector product per row and head
 /// for a single query, and MKL's batched products ([`composed_single_query_attention`], the
 /// path without the kernels) spend most of their time in per-matrix overhead at these sizes.
 /// Inputs that require gradients take the composed path (the kernel has no backward). Same
@@ -128,9 +131,11 @@ pub(crate) fn single_query_attention(
 ) -> Result<Tensor> {
     #[cfg(icpo_fused)]
     if crate::fused::fused_kernels_enabled()
-        && [q, k, v]
-            .iter()
-            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && !t.requires_grad())
+        && [q, k, v].iter().all(|t| {
+            t.device() == Device::Cpu
+                && matches!(t.kind(), Kind::Float | Kind::BFloat16)
+                && !t.requires_grad()
+        })
     {
         return ffi::single_query_attention(q, k, v, additive_mask);
     }
@@ -288,7 +293,7 @@ mod tests {
     /// bf16 values: scores and softmax in f32, so the error is the probabilities' and the
     /// output's bf16 rounding (2⁻⁸ relative each).
     #[test]
-    fn bf16_products_match_f32_attention_to_bf16_rounding() {
+    fn bf16_products_and_kernel_match_f32_attention_to_bf16_rounding() {
         tch::manual_seed(2);
         let opts = (Kind::Float, Device::Cpu);
         let (b, nh, nkv, hd, len) = (3, 8, 2, 64, 50);
@@ -318,6 +323,13 @@ mod tests {
         // probabilities' rounding moves them by ≲ 2⁻⁸ and the output's own rounding as much.
         let d = (f(&got) - &reference).abs().max().double_value(&[]);
         assert!(d < 2.0 * 2f64.powi(-8), "max |Δ| = {d:e}");
+        // The CPU kernel in bf16 computes in f32 and rounds only its output: each element within
+        // one bf16 rounding of the f32 attention (half an ulp: 2⁻⁹ of its binade, ≤ 2⁻⁸ of it).
+        let kernel = single_query_attention(&q, &k, &v, &additive).unwrap();
+        assert_eq!(kernel.kind(), Kind::BFloat16);
+        let excess = (f(&kernel) - &reference).abs() - reference.abs() * 2f64.powi(-8) - 1e-6;
+        let worst = excess.max().double_value(&[]);
+        assert!(worst <= 0.0, "kernel: an element beyond one bf16 rounding by {worst:e}");
     }
 
     #[test]
