@@ -148,8 +148,9 @@ pub struct Request<'a> {
     pub params: &'a SamplingParams,
     /// Ids that end a sample when `params.stop_on_eos`.
     pub eos_token_ids: &'a [i64],
-    /// Seed: sample `s` of prompt `p` draws from stream `(first_prompt + p)·n + s` of a ChaCha8
-    /// generator seeded with it, so results do not depend on batching or chunking.
+    /// Seed: sample `s` of prompt `p` draws from the counter-based stream keyed by it and
+    /// `(first_prompt + p)·n + s` ([`crate::stream_key`]), so results do not depend on batching,
+    /// slots, admission order or the device.
     pub seed: u64,
     /// The global index of `prompts[0]` when they are a slice of a larger batch (a rank's
     /// shard in data-parallel training), so each sequence draws what it would in the whole
