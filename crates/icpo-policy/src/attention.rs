@@ -112,9 +112,10 @@ pub(crate) fn attend(
 
 /// Attention of one new query per row over its cached keys. In f32 or bf16 (computing in f32,
 /// rounding the output once) on a CPU with the fused kernels, one pass per (row, key head) that
-/// reads each cached key and value once for the query heads sharing them: libtorch's flash kernel issues a matrix-vector product per row and head
-/// for a single query, and MKL's batched products ([`composed_single_query_attention`], the
-/// path without the kernels) spend most of their time in per-matrix overhead at these sizes.
+/// reads each cached key and value once for the query heads sharing them: libtorch's flash
+/// kernel issues a matrix-vector product per row and head for a single query, and MKL's batched
+/// products ([`composed_single_query_attention`], the path without the kernels) spend most of
+/// their time in per-matrix overhead at these sizes.
 /// Inputs that require gradients take the composed path (the kernel has no backward). Same
 /// result up to float rounding. On other devices (see [`decode_products_enabled`]) the batched
 /// products, in any dtype.

@@ -87,11 +87,6 @@ fn linear(x: &Tensor, w: &Tensor, b: &Option<Tensor>) -> Result<Tensor> {
     Ok(x.f_linear(w, b.as_ref())?)
 }
 
-/// `x · wᵀ + b` for a projection laid out for decoding.
-fn matmul(x: &Tensor, w: &Proj, b: &Option<Tensor>) -> Result<Tensor> {
-    w.apply(x, b.as_ref())
-}
-
 /// Concatenated biases when any exists (zeros standing in for the missing ones); differentiable
 /// unless `detach`.
 fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)], detach: bool) -> Result<Option<Tensor>> {
@@ -109,10 +104,10 @@ fn fused_bias(parts: &[(&Option<Tensor>, &Tensor)], detach: bool) -> Result<Opti
     Ok(Some(Tensor::f_cat(&all, 0)?))
 }
 
-/// `(out, in)` matrices stacked along `out` into one `(Σ out, in)`, laid out for decoding.
-fn fused_t(ws: &[&Tensor]) -> Result<Proj> {
-    let ws: Vec<Tensor> = ws.iter().map(|w| w.f_detach()).collect::<std::result::Result<_, _>>()?;
-    Proj::new(&Tensor::f_cat(&ws, 0)?)
+/// `(out, in)` matrices stacked along `out` into one `(Σ out, in)`, laid out for decoding
+/// (detached there).
+fn fused_proj(ws: &[&Tensor]) -> Result<Proj> {
+    Proj::new(&Tensor::f_cat(ws, 0)?)
 }
 
 impl Layer {
@@ -172,18 +167,18 @@ impl Layer {
     /// Builds the packed projections (a copy of the weights' current values).
     pub(crate) fn pack(&mut self) -> Result<()> {
         self.packed = Some(Packed {
-            qkv: fused_t(&[&self.q, &self.k, &self.v])?,
+            qkv: fused_proj(&[&self.q, &self.k, &self.v])?,
             qkv_bias: fused_bias(
                 &[(&self.q_bias, &self.q), (&self.k_bias, &self.k), (&self.v_bias, &self.v)],
                 true,
             )?,
-            o: fused_t(&[&self.o])?,
-            gate_up: fused_t(&[&self.gate, &self.up])?,
+            o: fused_proj(&[&self.o])?,
+            gate_up: fused_proj(&[&self.gate, &self.up])?,
             gate_up_bias: fused_bias(
                 &[(&self.gate_bias, &self.gate), (&self.up_bias, &self.up)],
                 true,
             )?,
-            down: fused_t(&[&self.down])?,
+            down: fused_proj(&[&self.down])?,
             qk_norm: match (&self.q_norm, &self.k_norm) {
                 (Some(qn), Some(kn)) => {
                     let heads = self.q.size()[0] / qn.size()[0];
@@ -215,7 +210,7 @@ impl Layer {
         let Heads { q: nh, kv: nkv, dim: hd } = heads;
         if let Some(p) = &self.packed {
             // Decoding: queries and keys are normed and rotated together, one op each.
-            let y = matmul(h, &p.qkv, &p.qkv_bias)?;
+            let y = p.qkv.apply(h, p.qkv_bias.as_ref())?;
             let qk = y.f_narrow(-1, 0, (nh + nkv) * hd)?.f_view([b, t, nh + nkv, hd])?;
             let qk = match &p.qk_norm {
                 Some(w) => fused::rms_norm(&qk, None, eps)?.f_mul(w)?,
@@ -283,7 +278,7 @@ impl Layer {
     /// The attention output projection.
     pub(crate) fn out_proj(&self, attn: &Tensor) -> Result<Tensor> {
         match &self.packed {
-            Some(p) => matmul(attn, &p.o, &self.o_bias),
+            Some(p) => p.o.apply(attn, self.o_bias.as_ref()),
             None => linear(attn, &self.o, &self.o_bias),
         }
     }
@@ -292,8 +287,8 @@ impl Layer {
     pub(crate) fn mlp(&self, h: &Tensor) -> Result<Tensor> {
         match &self.packed {
             Some(p) => {
-                let act = fused::swiglu(&matmul(h, &p.gate_up, &p.gate_up_bias)?)?;
-                matmul(&act, &p.down, &self.down_bias)
+                let act = fused::swiglu(&p.gate_up.apply(h, p.gate_up_bias.as_ref())?)?;
+                p.down.apply(&act, self.down_bias.as_ref())
             }
             None => {
                 let w = Tensor::f_cat(&[&self.gate, &self.up], 0)?;

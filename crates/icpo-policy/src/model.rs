@@ -30,7 +30,7 @@ pub struct CausalLm {
     norm: Tensor,
     lm_head: Tensor,
     /// `lm_head` laid out for decoding, in a decoding copy on a CPU.
-    lm_head_t: Option<Proj>,
+    head_proj: Option<Proj>,
     inv_freq: Tensor,
     /// Activation checkpointing per layer (see [`CausalLm::set_gradient_checkpointing`]).
     checkpointing: bool,
@@ -107,7 +107,7 @@ impl CausalLm {
             norm: get("model.norm.weight")?,
             embed,
             lm_head,
-            lm_head_t: None,
+            head_proj: None,
             layers,
             inv_freq,
             checkpointing: false,
@@ -161,7 +161,7 @@ impl CausalLm {
             layers: self.layers.iter().map(Layer::shallow_clone).collect(),
             norm: self.norm.shallow_clone(),
             lm_head: self.lm_head.shallow_clone(),
-            lm_head_t: self.lm_head_t.as_ref().map(Proj::shallow_clone),
+            head_proj: self.head_proj.as_ref().map(Proj::shallow_clone),
             inv_freq: self.inv_freq.shallow_clone(),
             checkpointing: self.checkpointing,
         }
@@ -192,7 +192,7 @@ impl CausalLm {
                 layer.pack()?;
             }
             if self.device() == Device::Cpu {
-                copy.lm_head_t = Some(Proj::new(&copy.lm_head)?);
+                copy.head_proj = Some(Proj::new(&copy.lm_head)?);
             }
             Ok(())
         })?;
@@ -231,7 +231,7 @@ impl CausalLm {
 
     /// Logits of final hidden states (in the compute dtype).
     pub(crate) fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(match &self.lm_head_t {
+        Ok(match &self.head_proj {
             Some(w) => w.apply(hidden, None)?,
             None => hidden.f_linear::<Tensor>(&self.lm_head.f_to_kind(hidden.kind())?, None)?,
         })

@@ -72,7 +72,7 @@ impl Proj {
 
     /// The transposed layout `(in, out)`.
     fn plain(w: &Tensor) -> Result<Proj> {
-        Ok(Proj { w: w.f_detach()?.f_tr()?.f_contiguous()?, onednn: false })
+        Ok(Proj { w: w.f_tr()?.f_contiguous()?, onednn: false })
     }
 
     /// `x · wᵀ + bias`.
